@@ -1,0 +1,46 @@
+# pvestack: the two commands of the README, for a fresh Debian machine, as root.
+#   make demo   set everything up, bring up the lab, apply + verify the example Hermes stack
+#   make test   set everything up and run the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PVESTACK := $(VENV)/bin/pvestack
+APT_PACKAGES := lxc debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
+	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv
+
+.PHONY: setup apt venv demo test lint unit contract labtest bench clean
+
+setup: apt venv
+
+apt:
+	@if [ "$$(id -u)" = 0 ]; then scripts/install-system-packages.sh $(APT_PACKAGES); \
+	else echo "not root: skipping apt packages"; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: setup lint
+	$(VENV)/bin/pytest tests
+
+demo: setup
+	scripts/demo.sh
+
+bench: setup
+	$(PY) benchmarks/plan_calls.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

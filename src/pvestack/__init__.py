@@ -1,0 +1,42 @@
+"""pvestack: Docker app stacks in unprivileged Proxmox VE LXC containers, from one file."""
+
+from pvestack._errors import (
+    ConfigError,
+    HostKeyError,
+    OwnershipError,
+    Problem,
+    PveAuthError,
+    PveError,
+    PveNotFoundError,
+    PveParamError,
+    PvePermissionError,
+    PvestackError,
+    PveTaskError,
+    ReplacementRequired,
+    RootStepError,
+    SecretError,
+    TransportError,
+    WaitTimeout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "HostKeyError",
+    "OwnershipError",
+    "Problem",
+    "PveAuthError",
+    "PveError",
+    "PveNotFoundError",
+    "PveParamError",
+    "PvePermissionError",
+    "PveTaskError",
+    "PvestackError",
+    "ReplacementRequired",
+    "RootStepError",
+    "SecretError",
+    "TransportError",
+    "WaitTimeout",
+    "__version__",
+]

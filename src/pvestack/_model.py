@@ -173,6 +173,11 @@ class AppSpec:
     docker_source: str = "debian"  # "docker-ce" | "debian" | "preinstalled"
     services: tuple[str, ...] = ()
     secrets: tuple[Secret, ...] = ()
+    # What verify needs to know of the app, by recipe: e.g. for hermes
+    # {"data_dir": "/opt/hermes", "container": "hermes", "gateway_url": ..., "default_model": ...,
+    #  "key_env": "LITELLM_API_KEY", "platforms": "telegram,discord"}; for litellm
+    # {"port": "4000", "models": "m1,m2", "key_env": "LITELLM_MASTER_KEY", "container": ...}.
+    verify: Mapping[str, str] = field(default_factory=frozen_map)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,331 @@
+"""The PVE API client: proxmoxer wrapped, typed, and the one boundary for API errors.
+
+* token auth (``PVEAPIToken=USER@REALM!ID=SECRET``), the secret only in the header;
+* TLS: a CA file, or a pinned SHA-256 fingerprint checked on the connection
+  (urllib3 compares the peer certificate's digest before any byte is sent),
+  or ``insecure`` only when asked (the caller prints a warning);
+* ``{"data": ...}`` unwrapped (by proxmoxer);
+* UPIDs waited for: short-then-growing poll intervals, log tail on failure;
+* proxmoxer/requests errors translated once into ``pvestack._errors``, with
+  PVE's message kept verbatim and a hint added;
+* reads retried with backoff on transport errors and 5xx gateway answers, writes never;
+* every call counted (``calls``) and reported to ``on_call`` (tests check the
+  parameters against the API schema).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from proxmoxer import ProxmoxAPI, ResourceException
+from requests.adapters import HTTPAdapter
+
+from pvestack._commands import Secret
+from pvestack._errors import (
+    PveAuthError,
+    PveError,
+    PveNotFoundError,
+    PveParamError,
+    PvePermissionError,
+    PveTaskError,
+    TransportError,
+    WaitTimeout,
+)
+from pvestack._model import ApiCall
+
+log = logging.getLogger(__name__)
+
+Params = Mapping[str, str | int]
+CallHook = Callable[[str, str, Mapping[str, Any]], None]
+
+_READ_RETRY_STATUS = (502, 503, 504, 595, 596)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    api_url: str  # https://host:8006
+    token_id: str  # user@realm!name
+    token_secret: Secret
+    fingerprint: str | None = None  # AA:BB:... SHA-256
+    ca_file: str | None = None
+    insecure: bool = False
+    timeout: float = 30.0
+
+    @property
+    def tls_mode(self) -> str:
+        if self.ca_file:
+            return f"CA file {self.ca_file}"
+        if self.fingerprint:
+            return "pinned SHA-256 fingerprint"
+        if self.insecure:
+            return "NOT VERIFIED (--insecure)"
+        return "system CA store"
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """An adapter whose pools check the peer certificate's SHA-256 against a pin."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = fingerprint.replace(":", "").lower()
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+
+@dataclass
+class _Stats:
+    calls: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+
+
+class PveClient:
+    """A small typed client for the endpoints pvestack uses."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        on_call: CallHook | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        read_retries: int = 3,
+    ) -> None:
+        self.settings = settings
+        self._on_call = on_call
+        self._sleep = sleep
+        self._read_retries = read_retries
+        self.stats = _Stats()
+        self.warnings: list[str] = []
+        parts = urlsplit(settings.api_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise TransportError(f"API URL must be https://HOST[:PORT], got {settings.api_url!r}")
+        user, _, token_name = settings.token_id.partition("!")
+        if not token_name:
+            raise TransportError(f"token id must be USER@REALM!NAME, got {settings.token_id!r}")
+        verify: bool | str = True
+        if settings.ca_file:
+            verify = settings.ca_file
+        elif settings.fingerprint or settings.insecure:
+            verify = False
+        if settings.insecure and not (settings.ca_file or settings.fingerprint):
+            self.warnings.append(
+                f"TLS certificate of {parts.hostname} is NOT verified (--insecure): "
+                "pin its fingerprint (PVESTACK_FINGERPRINT) or give a CA file instead"
+            )
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        self._api = ProxmoxAPI(
+            host,
+            port=parts.port or 8006,
+            user=user,
+            token_name=token_name,
+            token_value=settings.token_secret.value,
+            verify_ssl=verify,
+            timeout=settings.timeout,
+            backend="https",
+        )
+        if settings.fingerprint and not settings.ca_file:
+            session: requests.Session = self._api._store["session"]
+            session.mount("https://", _PinnedAdapter(settings.fingerprint))
+
+    # ---------------------------------------------------------------- calls
+
+    @property
+    def calls(self) -> int:
+        return self.stats.calls
+
+    def get(self, path: str, **params: str | int) -> Any:
+        return self.request("GET", path, params)
+
+    def post(self, path: str, **params: str | int) -> Any:
+        return self.request("POST", path, params)
+
+    def put(self, path: str, **params: str | int) -> Any:
+        return self.request("PUT", path, params)
+
+    def delete(self, path: str, **params: str | int) -> Any:
+        return self.request("DELETE", path, params)
+
+    def request(self, method: str, path: str, params: Params | None = None) -> Any:
+        method = method.upper()
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        attempts = 1 + (self._read_retries if method == "GET" else 0)
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._once(method, path, clean)
+            except (TransportError, PveError) as e:
+                retryable = isinstance(e, TransportError) or (
+                    isinstance(e, PveError) and e.status in _READ_RETRY_STATUS
+                )
+                if attempt >= attempts or not retryable or getattr(e, "tls", False):
+                    raise
+                log.info("GET %s failed (%s), retrying in %.1fs", path, e, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(self, method: str, path: str, params: dict[str, str | int]) -> Any:
+        self.stats.calls += 1
+        self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
+        if self._on_call is not None:
+            self._on_call(method, path, dict(params))
+        resource = self._api(path.strip("/"))
+        try:
+            if method == "GET":
+                return resource.get(**params)
+            if method == "POST":
+                return resource.post(**params)
+            if method == "PUT":
+                return resource.put(**params)
+            if method == "DELETE":
+                return resource.delete(**params)
+            raise ValueError(f"unknown method {method}")
+        except ResourceException as e:
+            raise translate_resource_error(e, method, path, params) from None
+        except requests.exceptions.SSLError as e:
+            err = TransportError(
+                f"TLS verification of {self.settings.api_url} failed ({self.settings.tls_mode}): "
+                f"{_short(e)}",
+                hint="check the pinned fingerprint (pvenode cert info) or the CA file; "
+                "--insecure only for a throw-away test node",
+            )
+            err.tls = True  # type: ignore[attr-defined]
+            raise err from None
+        except requests.exceptions.RequestException as e:
+            raise TransportError(
+                f"cannot reach the PVE API at {self.settings.api_url}: {_short(e)}",
+                hint="is the URL right and the node reachable (port 8006)?",
+            ) from None
+
+    # ---------------------------------------------------------------- tasks
+
+    def run(
+        self,
+        call: ApiCall,
+        *,
+        timeout: float = 900.0,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Send ``call``; if it returns a UPID and ``waits_task``, wait for the task."""
+        result = self.request(call.method, call.path, call.params)
+        if call.waits_task and isinstance(result, str) and result.startswith("UPID:"):
+            return self.wait_task(result, timeout=timeout, on_progress=on_progress)
+        return result
+
+    def wait_task(
+        self,
+        upid: str,
+        *,
+        timeout: float = 900.0,
+        on_progress: Callable[[str], None] | None = None,
+        first_interval: float = 0.1,
+        max_interval: float = 2.0,
+    ) -> str:
+        """Wait for a task; returns its exit status (``OK`` or ``WARNINGS: n``)."""
+        node = upid_node(upid)
+        deadline = time.monotonic() + timeout
+        interval = first_interval
+        while True:
+            status = self.get(f"/nodes/{node}/tasks/{upid}/status")
+            if isinstance(status, dict) and status.get("status") == "stopped":
+                exitstatus = str(status.get("exitstatus", ""))
+                if exitstatus == "OK" or exitstatus.startswith("WARNINGS"):
+                    return exitstatus
+                raise PveTaskError(upid, exitstatus, log_tail=self._log_tail(node, upid))
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"task {upid} still running after {timeout:.0f}s",
+                    hint="it may still finish on the node; re-run apply to resume",
+                )
+            if on_progress is not None:
+                on_progress(f"waiting for {upid_type(upid)} task")
+            self._sleep(interval)
+            interval = min(interval * 1.6, max_interval)
+
+    def _log_tail(self, node: str, upid: str, lines: int = 8) -> tuple[str, ...]:
+        try:
+            entries = self.get(f"/nodes/{node}/tasks/{upid}/log", start=0, limit=500)
+        except PveError:
+            return ()
+        texts = [str(e.get("t", "")) for e in entries or [] if isinstance(e, dict)]
+        return tuple(texts[-lines:])
+
+
+def upid_node(upid: str) -> str:
+    parts = upid.split(":")
+    if len(parts) < 3 or parts[0] != "UPID":
+        raise ValueError(f"not a UPID: {upid!r}")
+    return parts[1]
+
+
+def upid_type(upid: str) -> str:
+    parts = upid.split(":")
+    return parts[5] if len(parts) > 5 else "?"
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+# ---------------------------------------------------------------- errors
+
+ROOT_HINT = (
+    "PVE allows this only to root@pam (a password login), never to an API token. "
+    'pvestack sends it as a root step instead: set root.via = "ssh" (PVESTACK_ROOT_VIA=ssh '
+    'with PVESTACK_SSH_HOST/PVESTACK_SSH_KEY) or "console" (pvestack prints a script for '
+    "the node's shell). If you see this, the key was sent with the token: please report it."
+)
+
+
+def translate_resource_error(
+    e: ResourceException, method: str, path: str, params: Mapping[str, Any]
+) -> PveError:
+    """proxmoxer's ResourceException -> the project's tree; PVE's message verbatim."""
+    status = int(e.status_code)
+    message = str(e.content or e.status_message or "").strip()
+    errors: dict[str, str] = {}
+    if isinstance(e.errors, dict):
+        errors = {str(k): str(v).strip() for k, v in e.errors.items() if k != "errors"}
+    if status == 401:
+        return PveAuthError(
+            status,
+            message,
+            method=method,
+            path=path,
+            hint="check the token id and secret (PVESTACK_TOKEN_ID / PVESTACK_TOKEN_SECRET)",
+        )
+    if status == 403:
+        hint = None
+        if "root@pam" in message:
+            keys = ", ".join(sorted(k for k in params if k not in ("node", "vmid")))
+            hint = ROOT_HINT + (f" (keys sent: {keys})" if keys else "")
+        else:
+            hint = (
+                "the token lacks a privilege: grant it on the path named (e.g. "
+                "pveum acl modify / -token 'USER@REALM!NAME' -role PVEVMAdmin), and remember "
+                "a token with privilege separation needs its own ACLs"
+            )
+        return PvePermissionError(
+            status, message, method=method, path=path, errors=errors, hint=hint
+        )
+    if status == 404 or "does not exist" in message:
+        return PveNotFoundError(status, message, method=method, path=path, errors=errors)
+    if status == 400:
+        hint = None
+        if any(k.startswith("lxc.") for k in errors):
+            hint = "raw lxc.* keys are not API parameters; they are root steps on the node"
+        return PveParamError(status, message, method=method, path=path, errors=errors, hint=hint)
+    hint = None
+    if "unable to modify read-only option" in message:
+        hint = "this key cannot change after creation: the container must be replaced"
+    elif "protection mode enabled" in message:
+        hint = "protection=1 is set: remove it first (pct set VMID -protection 0) if you mean it"
+    return PveError(status, message, method=method, path=path, errors=errors, hint=hint)

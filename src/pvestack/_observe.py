@@ -1,0 +1,184 @@
+"""Read the live state with as few API calls as possible.
+
+One ``GET /cluster/resources?type=vm`` for the whole cluster; then, per stack,
+only its container's config (when a guest exists at its vmid) and the template
+storage's content (once per node and storage). ``/cluster/nextid`` only when a
+stack asks for the next free id and has no container yet.
+
+Facts the API cannot give (host directories, files in the guest) come from an
+optional ``FactReader`` the engine wires to the root transport; this module
+never imports an executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
+
+from pvestack._client import PveClient
+from pvestack._errors import PveError
+from pvestack._model import (
+    MARK_LINE_PREFIX,
+    MARK_TAG,
+    DesiredState,
+    GuestSummary,
+    HostPathFact,
+    ObservedContainer,
+    ObservedStack,
+    ObservedState,
+    StackSpec,
+)
+
+
+class FactReader(Protocol):
+    """Reads what only root on the node (or the guest) can see."""
+
+    def host_paths(self, paths: Sequence[str]) -> tuple[HostPathFact, ...]: ...
+
+    def guest_files(self, vmid: int, paths: Sequence[str]) -> Mapping[str, str | None]: ...
+
+
+def parse_tags(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    text = str(value).replace(",", ";").replace(" ", ";")
+    return tuple(sorted({t.strip().lower() for t in text.split(";") if t.strip()}))
+
+
+def mark_owner(config: Mapping[str, str]) -> str | None:
+    """The stack named by our mark (tag ``pvestack`` and the description line), or None."""
+    if MARK_TAG not in parse_tags(config.get("tags")):
+        return None
+    for raw in str(config.get("description", "")).splitlines():
+        line = raw.strip()
+        if line.startswith(MARK_LINE_PREFIX):
+            name = line[len(MARK_LINE_PREFIX) :].strip()
+            return name or None
+    return None
+
+
+def guest_summaries(rows: Any) -> tuple[GuestSummary, ...]:
+    out = []
+    for r in rows or []:
+        if not isinstance(r, dict) or r.get("type") not in ("lxc", "qemu") or "vmid" not in r:
+            continue
+        out.append(
+            GuestSummary(
+                vmid=int(r["vmid"]),
+                node=str(r.get("node", "")),
+                type=str(r["type"]),
+                name=str(r.get("name", "")),
+                status=str(r.get("status", "")),
+                tags=parse_tags(r.get("tags")),
+            )
+        )
+    return tuple(sorted(out, key=lambda g: g.vmid))
+
+
+def _strings(cfg: Any) -> dict[str, str]:
+    if not isinstance(cfg, dict):
+        return {}
+    return {str(k): str(v) for k, v in cfg.items() if v is not None}
+
+
+def observe(
+    client: PveClient,
+    desired: DesiredState,
+    *,
+    reader: FactReader | None = None,
+) -> ObservedState:
+    start_calls = client.calls
+    guests = guest_summaries(client.get("/cluster/resources", type="vm"))
+    by_vmid = {g.vmid: g for g in guests}
+    nodes = tuple(sorted({g.node for g in guests if g.node}))
+    content_cache: dict[tuple[str, str], frozenset[str]] = {}
+    stacks: list[ObservedStack] = []
+    reserved: set[int] = set()
+    for spec in desired.stacks:
+        obs = _observe_stack(client, spec, guests, by_vmid, content_cache, reserved)
+        if obs.vmid is not None:
+            reserved.add(obs.vmid)
+        if reader is not None:
+            obs = _read_facts(reader, spec, obs)
+        stacks.append(obs)
+    return ObservedState(
+        nodes=nodes,
+        guests=guests,
+        stacks=tuple(stacks),
+        api_calls=client.calls - start_calls,
+    )
+
+
+def _observe_stack(  # noqa: PLR0917
+    client: PveClient,
+    spec: StackSpec,
+    guests: tuple[GuestSummary, ...],
+    by_vmid: Mapping[int, GuestSummary],
+    content_cache: dict[tuple[str, str], frozenset[str]],
+    reserved: set[int],
+) -> ObservedStack:
+    ct = spec.container
+    vmid = ct.vmid
+    summary: GuestSummary | None = None
+    if vmid is not None:
+        summary = by_vmid.get(vmid)
+    else:
+        # "next free id": our container is the marked one with this stack's hostname
+        for g in guests:
+            if g.type == "lxc" and MARK_TAG in g.tags and g.name == ct.hostname:
+                summary = g
+                break
+    container: ObservedContainer | None = None
+    foreign: GuestSummary | None = None
+    if summary is not None:
+        if summary.type != "lxc":
+            foreign = summary
+        else:
+            cfg = _strings(client.get(f"/nodes/{summary.node}/lxc/{summary.vmid}/config"))
+            owner = mark_owner(cfg)
+            container = ObservedContainer(
+                vmid=summary.vmid,
+                node=summary.node,
+                status=summary.status,
+                config=cfg,
+                owner_stack=owner,
+            )
+            if owner != spec.name:
+                foreign = summary
+        vmid = summary.vmid
+    elif vmid is None:
+        vmid = _next_free(client, reserved)
+    t = ct.template
+    key = (ct.node, t.storage)
+    if key not in content_cache:
+        try:
+            rows = client.get(f"/nodes/{ct.node}/storage/{t.storage}/content", content="vztmpl")
+        except PveError:
+            rows = []
+        content_cache[key] = frozenset(
+            str(r.get("volid")) for r in rows or [] if isinstance(r, dict)
+        )
+    return ObservedStack(
+        name=spec.name,
+        vmid=vmid,
+        container=container,
+        template_present=t.volid in content_cache[key],
+        foreign=foreign,
+    )
+
+
+def _next_free(client: PveClient, reserved: set[int]) -> int:
+    vmid = int(client.get("/cluster/nextid"))
+    while vmid in reserved:  # two "auto" stacks in one file
+        vmid += 1
+    return vmid
+
+
+def _read_facts(reader: FactReader, spec: StackSpec, obs: ObservedStack) -> ObservedStack:
+    paths = [m.host_path for m in spec.container.bind_mounts]
+    facts = reader.host_paths(paths) if paths else ()
+    guest_files: Mapping[str, str | None] = {}
+    if spec.app is not None and obs.container is not None and obs.container.status == "running":
+        guest_files = reader.guest_files(obs.container.vmid, [f.path for f in spec.app.files])
+    return replace(obs, host_paths=tuple(facts), guest_files=dict(guest_files))

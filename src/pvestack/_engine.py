@@ -465,3 +465,30 @@ def destroy(
         except PvestackError as e:
             failed.append(f"{label}: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
     return DestroyResult(tuple(done), tuple(failed), tuple(skipped))
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_module() -> Any | None:
+    """``pvestack.verify`` when it provides ``verify(desired, vmids, api_get, transport)``."""
+    try:
+        mod: Any = importlib.import_module("pvestack.verify")
+    except ImportError:
+        return None
+    return mod if hasattr(mod, "verify") else None
+
+
+def run_verify(cfg: StackFile, client: PveClient, *, root: RootAccess) -> Any:
+    """Observe, then run the verify checks on the containers carrying this file's marks."""
+    mod = verify_module()
+    if mod is None:
+        raise PvestackError("verify is not available in this build (pvestack.verify)")
+    check_apps(cfg)
+    desired = build_desired(cfg, source=cfg.source_file)
+    observed = observe(client, desired)
+    vmids: dict[str, int | None] = {}
+    for s in observed.stacks:
+        c = s.container
+        vmids[s.name] = c.vmid if c is not None and c.owner_stack == s.name else None
+    return mod.verify(desired, vmids, client.get, root.transport)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from proxmoxer import ProxmoxAPI, ResourceException
 from requests.adapters import HTTPAdapter
 
@@ -178,15 +180,10 @@ class PveClient:
             self._on_call(method, path, dict(params))
         resource = self._api(path.strip("/"))
         try:
-            if method == "GET":
-                return resource.get(**params)
-            if method == "POST":
-                return resource.post(**params)
-            if method == "PUT":
-                return resource.put(**params)
-            if method == "DELETE":
-                return resource.delete(**params)
-            raise ValueError(f"unknown method {method}")
+            with warnings.catch_warnings():
+                if self.settings.insecure:  # warned once, in self.warnings
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                return self._send(resource, method, params)
         except ResourceException as e:
             raise translate_resource_error(e, method, path, params) from None
         except requests.exceptions.SSLError as e:
@@ -203,6 +200,18 @@ class PveClient:
                 f"cannot reach the PVE API at {self.settings.api_url}: {_short(e)}",
                 hint="is the URL right and the node reachable (port 8006)?",
             ) from None
+
+    @staticmethod
+    def _send(resource: Any, method: str, params: dict[str, str | int]) -> Any:
+        if method == "GET":
+            return resource.get(**params)
+        if method == "POST":
+            return resource.post(**params)
+        if method == "PUT":
+            return resource.put(**params)
+        if method == "DELETE":
+            return resource.delete(**params)
+        raise ValueError(f"unknown method {method}")
 
     # ---------------------------------------------------------------- tasks
 

@@ -1,0 +1,298 @@
+"""plan/apply/destroy against fakepve with permissions on: a root-only key sent with
+the token would fail with PVE's real 403. Every parameter sent is checked against the
+API schema by the ``recorder`` fixture."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pvestack._client import ClientSettings, PveClient
+from pvestack._commands import Secret
+from pvestack._config import StackFile
+from pvestack._engine import (
+    Outcome,
+    RootAccess,
+    apply,
+    destroy,
+    destroy_plan,
+    plan,
+)
+from pvestack._errors import (
+    PveAuthError,
+    PveError,
+    PveParamError,
+    PvePermissionError,
+    TransportError,
+)
+from pvestack._model import Actor, Plan
+from pvestack.cli import app
+
+pytestmark = pytest.mark.contract
+
+NO_ROOT = RootAccess(None, 'root.via = "console": run the printed script', "console")
+
+
+def token_apply(cfg: StackFile, client: PveClient, **kw: Any) -> Any:
+    p = plan(cfg, client, **kw).plan
+    return apply(p, client, root=NO_ROOT)
+
+
+# ---------------------------------------------------------------- create + converge
+
+
+def test_apply_creates_the_seed_container_with_token_safe_keys(
+    pve: Any, stack_cfg: StackFile, client: PveClient, recorder: Any
+) -> None:
+    res = token_apply(stack_cfg, client)
+    outcomes = {r.action.id: r.outcome for r in res.results}
+    assert outcomes["hermes:template"] is Outcome.DONE
+    assert outcomes["hermes:ct:create"] is Outcome.DONE
+    assert outcomes["hermes:ct:start"] is Outcome.DONE
+    assert outcomes["hermes:root:pct-set"] is Outcome.PENDING
+    assert all(r.outcome is not Outcome.FAILED for r in res.results), res.to_json()
+    assert res.exit_code == 3
+    assert "console" in res.pending_reason
+    ct = pve.ct(118)
+    assert ct is not None and ct.node == "gihyeon" and ct.status == "running"
+    cfg = ct.config
+    assert cfg["hostname"] == "hermes"
+    assert cfg["features"] == "nesting=1"
+    assert "mp0" not in cfg and "mp1" not in cfg
+    assert cfg["tags"] == "agent;ai;pvestack"
+    assert "pvestack-stack: hermes" in cfg["description"]
+    assert str(cfg["unprivileged"]) == "1"
+    assert cfg["nameserver"] == "1.1.1.1 8.8.8.8"
+    assert str(cfg["memory"]) == "4096" and str(cfg["cores"]) == "2"
+    rows = client.get("/nodes/gihyeon/storage/local/content", content="vztmpl")
+    assert "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst" in {r["volid"] for r in rows}
+    # nothing root-only went out with the token
+    for method, path, params in recorder.writes():
+        assert "keyctl" not in str(params.get("features", "")), (method, path)
+        assert not any(str(v).startswith("/") for k, v in params.items() if k.startswith("mp"))
+    # the PBS container was only read
+    assert pve.ct(110).config.get("tags") == "backup"
+    assert not any("/lxc/110" in p for m, p, _ in recorder.writes())
+
+
+def test_second_plan_shows_only_root_steps(
+    pve: Any, stack_cfg: StackFile, client: PveClient, recorder: Any
+) -> None:
+    token_apply(stack_cfg, client)
+    second = plan(stack_cfg, client)
+    p = second.plan
+    assert p.by_actor(Actor.API) == ()
+    assert {a.id for a in p.by_actor(Actor.ROOT)} >= {
+        "hermes:root:pct-set",
+        "hermes:ct:reboot",
+    }
+    pct = next(a for a in p.actions if a.id == "hermes:root:pct-set")
+    assert pct.after["features"] == "keyctl=1,nesting=1"
+    assert pct.after["mp0"] == "/mnt/pve/hdd/hermes,mp=/data"
+    assert second.api_calls <= 4
+    # and apply again: no token write at all, root still pending
+    writes = len(recorder.writes())
+    res = apply(p, client, root=NO_ROOT)
+    assert res.exit_code == 3
+    assert all(r.outcome is Outcome.PENDING for r in res.results)
+    assert len(recorder.writes()) == writes
+
+
+def test_interrupted_apply_resumes(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
+    p = plan(stack_cfg, client).plan
+    # only the first two actions ran (template, create), then the run was cut off
+    partial = Plan(actions=p.actions[:2])
+    apply(partial, client, root=NO_ROOT)
+    assert pve.ct(118).status == "stopped"
+    p2 = plan(stack_cfg, client).plan
+    assert "hermes:template" not in {a.id for a in p2.actions}
+    assert "hermes:ct:create" not in {a.id for a in p2.actions}
+    assert "hermes:ct:start" in {a.id for a in p2.actions}
+    res = apply(p2, client, root=NO_ROOT)
+    assert pve.ct(118).status == "running"
+    assert res.exit_code == 3
+    # a stale plan that still says "create" skips it instead of failing
+    res = apply(partial, client, root=NO_ROOT)
+    assert [r.outcome for r in res.results] == [Outcome.SKIPPED, Outcome.SKIPPED]
+
+
+# ---------------------------------------------------------------- PVE's real rules
+
+
+def test_root_only_keys_with_the_token_get_pves_403(
+    pve: Any, stack_cfg: StackFile, client: PveClient
+) -> None:
+    token_apply(stack_cfg, client)
+    with pytest.raises(PvePermissionError) as ei:
+        client.put("/nodes/gihyeon/lxc/118/config", features="keyctl=1,nesting=1")
+    e = ei.value
+    assert e.status == 403
+    assert e.pve_message == (
+        "Permission check failed (changing feature flags (except nesting) is only allowed "
+        "for root@pam)"
+    )
+    assert e.hint is not None and "root.via" in e.hint and "features" in e.hint
+    with pytest.raises(PvePermissionError) as ei:
+        client.put("/nodes/gihyeon/lxc/118/config", mp0="/mnt/pve/hdd/hermes,mp=/data")
+    assert ei.value.pve_message == (
+        "Permission check failed (mount point type bind is only allowed for root@pam)"
+    )
+    # the token may change nesting alone
+    client.put("/nodes/gihyeon/lxc/118/config", features="nesting=1")
+
+
+def test_unknown_parameter_is_pves_400(client: PveClient, pve: Any, recorder: Any) -> None:
+    with pytest.raises(PveParamError) as ei:
+        client.put("/nodes/gihyeon/lxc/110/config", **{"lxc.idmap": "u 0 100000 65536"})
+    assert ei.value.errors["lxc.idmap"] == (
+        "property is not defined in schema and the schema does not allow additional properties"
+    )
+    assert ei.value.hint and "root steps" in ei.value.hint
+    # the recorder's schema check catches the same mistake before PVE does
+    assert recorder.errors == [
+        "PUT /nodes/{node}/lxc/{vmid}/config: lxc.idmap: property is not defined in schema"
+    ]
+    recorder.errors.clear()
+
+
+def test_foreign_guest_at_the_vmid_is_refused_and_untouched(
+    pve: Any, stack_cfg: StackFile, client: PveClient, recorder: Any
+) -> None:
+    pve.add_ct(118, "hermes", node="gihyeon", status="running", config={"memory": 1024})
+    before = dict(pve.ct(118).config)
+    result = plan(stack_cfg, client)
+    assert result.plan.actions == ()
+    assert len(result.plan.refused) == 1
+    assert "without the pvestack mark" in result.plan.refused[0]
+    res = apply(result.plan, client, root=NO_ROOT)
+    assert res.results == ()
+    assert pve.ct(118).config == before
+    assert recorder.writes() == []
+
+
+def test_adopt_adds_the_mark(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
+    pve.add_ct(
+        118,
+        "hermes",
+        node="gihyeon",
+        status="running",
+        config={
+            "memory": 1024,
+            "features": "nesting=1",
+            "rootfs": "local-lvm:vm-118-disk-0,size=24G",
+        },
+    )
+    p = plan(stack_cfg, client, adopt=True).plan
+    config = next(a for a in p.actions if a.id == "hermes:ct:config")
+    assert config.before["memory"] == "1024" and config.after["memory"] == "4096"
+    res = apply(p, client, root=NO_ROOT)
+    assert all(r.outcome is not Outcome.FAILED for r in res.results), res.to_json()
+    cfg = pve.ct(118).config
+    assert "pvestack" in cfg["tags"] and "pvestack-stack: hermes" in cfg["description"]
+    # now it is ours: a plain plan manages it
+    assert plan(stack_cfg, client).plan.refused == ()
+
+
+# ---------------------------------------------------------------- destroy
+
+
+def test_destroy_only_marked_and_names_volumes(
+    pve: Any, stack_cfg: StackFile, client: PveClient
+) -> None:
+    token_apply(stack_cfg, client)
+    dp = destroy_plan(stack_cfg, client)
+    assert [t.vmid for t in dp.targets] == [118]
+    t = dp.targets[0]
+    assert any(v.startswith("rootfs: local-lvm:") for v in t.volumes)
+    res = destroy(dp, client)
+    assert res.exit_code == 0 and res.done
+    assert pve.ct(118) is None
+    assert pve.ct(110) is not None
+
+
+def test_destroy_respects_protection(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
+    token_apply(stack_cfg, client)
+    pve.ct(118).config["protection"] = 1
+    dp = destroy_plan(stack_cfg, client)
+    assert dp.targets[0].protected
+    res = destroy(dp, client)
+    assert res.done == () and "protection=1" in res.skipped[0]
+    assert pve.ct(118) is not None
+
+
+def test_destroy_refuses_foreign(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
+    pve.add_ct(118, "byhand", node="gihyeon")
+    dp = destroy_plan(stack_cfg, client)
+    assert dp.targets == () and "never deletes it" in dp.refused[0]
+
+
+# ---------------------------------------------------------------- TLS and auth
+
+
+def _settings(pve: Any, **kw: Any) -> ClientSettings:
+    token_id, secret = next(iter(pve.apitokens.items()))
+    base: dict[str, Any] = {
+        "api_url": pve.url,
+        "token_id": token_id,
+        "token_secret": Secret("token", secret),
+    }
+    return ClientSettings(**(base | kw))
+
+
+def test_fingerprint_pin(pve: Any, cert_fingerprint: str) -> None:
+    c = PveClient(_settings(pve, fingerprint=cert_fingerprint))
+    assert isinstance(c.get("/version"), dict)
+    wrong = "AA:" + cert_fingerprint[3:]
+    c = PveClient(_settings(pve, fingerprint=wrong), read_retries=0)
+    with pytest.raises(TransportError) as ei:
+        c.get("/version")
+    assert "TLS" in str(ei.value) and ei.value.hint
+
+
+def test_unverified_certificate_is_refused_without_pin(pve: Any) -> None:
+    c = PveClient(_settings(pve), read_retries=0)
+    with pytest.raises(TransportError, match="TLS verification"):
+        c.get("/version")
+    c = PveClient(_settings(pve, insecure=True))
+    assert c.warnings and "NOT verified" in c.warnings[0]
+    assert isinstance(c.get("/version"), dict)
+
+
+def test_bad_token_is_401(pve: Any, fakepve_cafile: str) -> None:
+    c = PveClient(_settings(pve, ca_file=fakepve_cafile, token_secret=Secret("t", "wrong")))
+    with pytest.raises(PveAuthError) as ei:
+        c.get("/version")
+    assert ei.value.status == 401
+    assert "wrong" not in str(ei.value)
+
+
+def test_task_failure_carries_pve_text(pve: Any, client: PveClient) -> None:
+    with pytest.raises(PveError) as ei:
+        client.post("/nodes/gihyeon/lxc/110/status/start")
+    assert "already running" in ei.value.pve_message
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_plan_apply_plan(pve: Any, stack_cfg: StackFile) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["plan", "-c", stack_cfg.source_file, "--json", "--detailed-exitcode"])
+    assert r.exit_code == 2, r.output
+    data = json.loads(r.stdout)
+    assert {"id", "action", "target", "actor", "reason", "before", "after"} <= set(
+        data["actions"][0]
+    )
+    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json"])
+    assert r.exit_code == 3, r.output
+    out = json.loads(r.stdout)
+    assert out["pending_reason"] and out["exit_code"] == 3
+    r = runner.invoke(app, ["plan", "-c", stack_cfg.source_file, "--json"])
+    assert r.exit_code == 0
+    assert {a["actor"] for a in json.loads(r.stdout)["actions"]} == {"root"}
+    r = runner.invoke(app, ["destroy", "-c", stack_cfg.source_file, "--yes", "--json"])
+    assert r.exit_code == 0, r.output
+    assert pve.ct(118) is None

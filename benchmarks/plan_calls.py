@@ -1,0 +1,122 @@
+"""How many API calls, and how long, a no-op ``plan`` costs on a node with 1,000 guests.
+
+fakepve (the test emulator, on loopback) is seeded with 1,000 guests (VMs and
+containers) plus the example's Hermes stack, created by pvestack's own apply and
+then finished the way root would finish it (features + bind mounts). A no-op
+plan is then timed. Target: at most 4 API calls.
+
+    .venv/bin/python benchmarks/plan_calls.py [--guests 1000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fakepve import FakePve
+from fakepve.certs import make_cert
+
+from pvestack._config import parse_config
+from pvestack._engine import RootAccess, apply, connect, plan
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hermes.toml"
+TOKEN_ID = "bench@pve!plan"
+TOKEN_SECRET = "bench-secret"  # noqa: S105 (the fake's throw-away token)
+
+
+class Served:
+    """A FakePve on its own event loop in a thread."""
+
+    def __init__(self, pve: FakePve, certfile: str, keyfile: str) -> None:
+        self.pve = pve
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(pve.start(certfile, keyfile), self.loop).result(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.pve.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def seed(pve: Any, guests: int) -> None:
+    pve.add_node("gihyeon")
+    for n in range(2, 5):
+        pve.add_node(f"node{n}")
+    for i in range(guests):
+        vmid = 1000 + i
+        node = "gihyeon" if i % 4 == 0 else f"node{2 + i % 3}"
+        if i % 2:
+            pve.add_vm(vmid, f"vm{vmid}", node=node, status="running" if i % 3 else "stopped")
+        else:
+            pve.add_ct(vmid, f"ct{vmid}", node=node, status="running", config={"tags": "misc"})
+    pve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    pve.grant(
+        TOKEN_ID,
+        "/",
+        "VM.Allocate", "VM.Audit", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Disk",
+        "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt", "Datastore.AllocateSpace",
+        "Datastore.AllocateTemplate", "Datastore.Audit", "Sys.Audit", "Sys.Modify", "SDN.Use",
+    )  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--guests", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        certfile, keyfile, _ = make_cert(tmp, hosts=("127.0.0.1",))
+        pve = FakePve(host="127.0.0.1", port=0)
+        pve.time_scale = 0
+        seed(pve, args.guests)
+        served = Served(pve, certfile, keyfile)
+        try:
+            env = {
+                "PVESTACK_API_URL": pve.url,
+                "PVESTACK_TOKEN_ID": TOKEN_ID,
+                "PVESTACK_TOKEN_SECRET": TOKEN_SECRET,
+                "PVESTACK_CA_FILE": certfile,
+                "LITELLM_API_KEY": "bench",
+            }
+            os.environ.update(env)
+            cfg = parse_config(EXAMPLE.read_text(), str(EXAMPLE), env=env)
+            client = connect(cfg)
+            first = plan(cfg, client, with_apps=False)
+            apply(first.plan, client, root=RootAccess(None, "benchmark: no root"))
+            # what the root steps would have done (pct set features + bind mounts)
+            ct = pve.ct(118)
+            ct.config["features"] = "keyctl=1,nesting=1"
+            ct.config["mp0"] = "/mnt/pve/hdd/hermes,mp=/data"
+            ct.config["mp1"] = "/media/2tb/hermes,mp=/fast"
+            times: list[float] = []
+            calls: list[int] = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                r = plan(cfg, client, with_apps=False)
+                times.append(time.perf_counter() - t0)
+                calls.append(r.api_calls)
+                if r.plan.actions:
+                    print("unexpected changes:", [a.id for a in r.plan.actions], file=sys.stderr)
+                    return 1
+            n_guests = len(client.get("/cluster/resources", type="vm"))
+        finally:
+            served.stop()
+    print(f"guests on the node(s):   {n_guests}")
+    print(f"no-op plan API calls:    {max(calls)} (target <= 4)")
+    print(f"no-op plan time:         median {statistics.median(times) * 1000:.1f} ms, "
+          f"max {max(times) * 1000:.1f} ms over {len(times)} runs")  # fmt: skip
+    return 0 if max(calls) <= 4 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

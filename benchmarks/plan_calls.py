@@ -29,7 +29,7 @@ from pvestack._engine import RootAccess, apply, connect, plan
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hermes.toml"
 TOKEN_ID = "bench@pve!plan"
-TOKEN_SECRET = "bench-secret"  # noqa: S105 (the fake's throw-away token)
+TOKEN_SECRET = "bench-secret"
 
 
 class Served:

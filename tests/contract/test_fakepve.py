@@ -5,6 +5,7 @@ API schema by the ``recorder`` fixture."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from pvestack._errors import (
     PveError,
     PveParamError,
     PvePermissionError,
+    PveTaskError,
     TransportError,
 )
 from pvestack._model import Actor, Plan
@@ -296,3 +298,49 @@ def test_cli_plan_apply_plan(pve: Any, stack_cfg: StackFile) -> None:
     r = runner.invoke(app, ["destroy", "-c", stack_cfg.source_file, "--yes", "--json"])
     assert r.exit_code == 0, r.output
     assert pve.ct(118) is None
+
+
+# ---------------------------------------------------------------- tasks and retries
+
+
+@pytest.mark.fakepve(time_scale=0.05)
+def test_task_wait_polls_quickly_then_backs_off(pve: Any, stack_cfg: StackFile) -> None:
+    pve.add_ct(140, "slow", node="gihyeon", status="stopped")
+    pve.ct(140).start_secs = 20  # 1 s real at time_scale 0.05
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        time.sleep(s)
+
+    c = PveClient(_settings(pve, ca_file=stack_cfg.pve.ca_file), sleep=sleep)
+    t0 = time.monotonic()
+    upid = c.post("/nodes/gihyeon/lxc/140/status/start")
+    assert c.wait_task(upid) == "OK"
+    took = time.monotonic() - t0
+    assert pve.ct(140).status == "running"
+    assert sleeps[0] == 0.1 and sleeps == sorted(sleeps) and max(sleeps) <= 2.0
+    assert len(sleeps) < 15  # no hammering
+    assert took < 3.5  # noticed soon after it finished
+
+
+def test_failed_task_raises_with_log_tail(pve: Any, client: PveClient) -> None:
+    pve.add_ct(141, "broken", node="gihyeon", status="stopped")
+    pve.ct(141).start_error = "startup for container '141' failed"
+    upid = client.post("/nodes/gihyeon/lxc/141/status/start")
+    with pytest.raises(PveTaskError) as ei:
+        client.wait_task(upid)
+    assert "startup for container '141' failed" in ei.value.exitstatus
+    assert any("TASK ERROR" in line for line in ei.value.log_tail)
+
+
+def test_reads_retry_on_503_writes_do_not(pve: Any, stack_cfg: StackFile) -> None:
+    pve.fail("GET", "/version", 503, "service unavailable", times=2)
+    sleeps: list[float] = []
+    c = PveClient(_settings(pve, ca_file=stack_cfg.pve.ca_file), sleep=sleeps.append)
+    assert isinstance(c.get("/version"), dict)
+    assert c.calls == 3 and sleeps == [0.5, 1.0]
+    pve.fail("POST", "/nodes/gihyeon/lxc/110/status/stop", 503, "service unavailable", times=1)
+    with pytest.raises(PveError) as ei:
+        c.post("/nodes/gihyeon/lxc/110/status/stop")
+    assert ei.value.status == 503 and c.calls == 4

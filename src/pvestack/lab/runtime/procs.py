@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -91,7 +92,6 @@ def stop(pidfile: Path, needle: str | None = None, timeout: float = 10.0) -> boo
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
-    import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,1094 @@
+"""The lab's PVE node without HTTP: containers, storages, tasks, with PVE's rules and wording.
+
+The API server and ``pct`` (a separate process, as root@pam) both use a ``Node`` on the
+same lab directory; state changes happen under one ``fcntl`` lock on
+``<lab>/etc/pve/.lock``. Container configs are ``<lab>/etc/pve/lxc/<vmid>.conf`` in PVE's
+format (see ``conf``). Real containers are made by the injected ``Runtime``; the config
+handed to ``Runtime.start`` has storage volumes resolved to absolute directory paths
+(``rootfs: /.../images/100/vm-100-disk-0,size=8G``; bind mounts stay as they are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pvestack.lab.backend import conf as confmod
+from pvestack.lab.backend.auth import ROOT, AuthStore, Identity
+from pvestack.lab.backend.conf import CtConf, Section
+from pvestack.lab.backend.errors import PveError, TaskFailed, param_error, permission_denied
+from pvestack.lab.backend.perms import (
+    NEW_DISK,
+    check_ct_modify_config_perm,
+    features_of,
+    mount_type,
+)
+from pvestack.lab.backend.schema import (
+    is_true,
+    lxc_option_schema,
+    method_schema,
+    parse_property_string,
+    print_property_string,
+    split_list,
+    validate,
+)
+from pvestack.lab.backend.storage import STORAGES, TEMPLATE_EXT, Storages, copy_tree
+from pvestack.lab.backend.tasks import TaskLog, TaskStore, Upid
+from pvestack.lab.runtime_protocol import Runtime
+
+DEFAULT_LAB_DIR = "/var/lib/pvestack-lab"
+DEFAULT_IDMAP = ("u 0 100000 65536", "g 0 100000 65536")
+VERSION = {"version": "9.1.1", "release": "9.1", "repoid": "pvestack-lab"}
+_MOUNT_KEY = re.compile(r"^(rootfs|mp\d+)$")
+# Parameters of create that are not container options.
+_CREATE_ONLY = frozenset({
+    "node", "vmid", "ostemplate", "storage", "password", "ssh-public-keys", "start", "restore",
+    "force", "unique", "pool", "bwlimit", "ignore-unpack-errors", "ha-managed",
+})  # fmt: skip
+_SET_ONLY = frozenset({"node", "vmid", "digest", "delete", "revert"})
+
+
+def lab_dir_from_env() -> Path:
+    return Path(os.environ.get("PVESTACK_LAB_DIR", DEFAULT_LAB_DIR))
+
+
+def as_identity(user: str | Identity) -> Identity:
+    if isinstance(user, Identity):
+        return user
+    name, _, token = user.partition("!")
+    return Identity(name, token or None)
+
+
+def _mapped_root(raw: Sequence[tuple[str, str]], unprivileged: bool) -> int | None:
+    if not unprivileged:
+        return None
+    for key, value in raw:
+        parts = value.split()
+        if key == "lxc.idmap" and len(parts) == 4 and parts[0] == "u" and parts[1] == "0":
+            return int(parts[2])
+    return 100000
+
+
+class Node:
+    """One PVE node. ``user`` arguments are ``Identity`` or an authid string."""
+
+    def __init__(
+        self,
+        lab_dir: Path,
+        runtime: Runtime,
+        name: str = "pve",
+        *,
+        auth: AuthStore | None = None,
+    ) -> None:
+        self.lab_dir = lab_dir
+        self.runtime = runtime
+        self.name = name
+        self.etc = lab_dir / "etc" / "pve"
+        self.lxc_dir = self.etc / "lxc"
+        self.auth = auth or AuthStore(self.etc / "lab-auth.json")
+        self.storages = Storages(lab_dir / "storage")
+        self.tasks = TaskStore(lab_dir / "tasks", name)
+        self.lxc_dir.mkdir(parents=True, exist_ok=True)
+        self.storages.ensure()
+        self._thread_lock = threading.RLock()
+        self._fail_next: dict[str, str] = {}
+        self._started: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ locking and files
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The node-wide lock (threads of this process and other processes, e.g. pct)."""
+        with self._thread_lock:
+            fd = os.open(self.etc / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def conf_path(self, vmid: int) -> Path:
+        return self.lxc_dir / f"{vmid}.conf"
+
+    def vmids(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.lxc_dir.glob("*.conf") if p.stem.isdigit())
+
+    def _read(self, vmid: int) -> tuple[CtConf, str]:
+        path = self.conf_path(vmid)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise PveError(
+                500, f"Configuration file 'nodes/{self.name}/lxc/{vmid}.conf' does not exist"
+            ) from None
+        return confmod.parse(text, source=str(path)), text
+
+    def load(self, vmid: int) -> CtConf:
+        return self._read(vmid)[0]
+
+    def _write(self, vmid: int, c: CtConf) -> None:
+        path = self.conf_path(vmid)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(confmod.write(c))
+        tmp.replace(path)
+
+    def _update_main(self, vmid: int, **changes: str | None) -> CtConf:
+        with self.locked():
+            c = self.load(vmid)
+            opts = dict(c.main.options)
+            for k, v in changes.items():
+                if v is None:
+                    opts.pop(k, None)
+                else:
+                    opts[k] = v
+            c = replace(c, main=replace(c.main, options=opts))
+            self._write(vmid, c)
+            return c
+
+    # ------------------------------------------------------------------ faults
+
+    def fail_next_task(self, ttype: str, message: str) -> None:
+        """Make the next task of this type (``vzstart``...) end with ``TASK ERROR: message``."""
+        self._fail_next[ttype] = message
+
+    def reset_faults(self) -> None:
+        self._fail_next.clear()
+
+    def _task(self, ttype: str, vmid: int | str, who: Identity, body: Any) -> str:
+        fault = self._fail_next.pop(ttype, None)
+        if fault is not None:
+
+            def failing(log: TaskLog) -> None:
+                raise TaskFailed(fault)
+
+            body = failing
+        return self.tasks.start(ttype, str(vmid), who.authid, body)
+
+    def wait(self, upid: str, timeout: float | None = None) -> None:
+        """Wait for a task; raise ``PveError(500, exitstatus)`` if it failed (for ``pct``)."""
+        status = self.tasks.wait(upid, timeout)
+        if status != "OK" and not status.startswith("WARNINGS"):
+            raise PveError(500, status)
+
+    # ------------------------------------------------------------------ cluster and node
+
+    def version(self) -> dict[str, Any]:
+        return dict(VERSION)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [self._node_item()]
+
+    def _node_item(self) -> dict[str, Any]:
+        st = self.node_status()
+        return {
+            "node": self.name, "status": "online", "type": "node", "id": f"node/{self.name}",
+            "cpu": st["cpu"], "maxcpu": st["cpuinfo"]["cpus"], "mem": st["memory"]["used"],
+            "maxmem": st["memory"]["total"], "uptime": st["uptime"], "level": "",
+            "ssl_fingerprint": "", "disk": st["rootfs"]["used"], "maxdisk": st["rootfs"]["total"],
+        }  # fmt: skip
+
+    def node_status(self) -> dict[str, Any]:
+        mem = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            mem[k] = int(v.split()[0]) * 1024
+        fs = os.statvfs(self.lab_dir)
+        load = os.getloadavg()
+        uptime = int(float(Path("/proc/uptime").read_text().split()[0]))
+        cpus = os.cpu_count() or 1
+        return {
+            "uptime": uptime, "cpu": min(1.0, load[0] / cpus),
+            "loadavg": [f"{x:.2f}" for x in load],
+            "memory": {"total": mem["MemTotal"], "free": mem["MemAvailable"],
+                       "used": mem["MemTotal"] - mem["MemAvailable"]},
+            "swap": {"total": mem.get("SwapTotal", 0), "free": mem.get("SwapFree", 0),
+                     "used": mem.get("SwapTotal", 0) - mem.get("SwapFree", 0)},
+            "rootfs": {"total": fs.f_blocks * fs.f_frsize, "avail": fs.f_bavail * fs.f_frsize,
+                       "used": (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
+                       "free": fs.f_bfree * fs.f_frsize},
+            "cpuinfo": {"cpus": cpus, "sockets": 1, "cores": cpus, "model": "pvestack lab"},
+            "kversion": " ".join(os.uname()[:3]), "pveversion": "pve-manager/9.1.1/lab",
+            "idle": 0, "wait": 0.0,
+        }  # fmt: skip
+
+    def cluster_status(self) -> list[dict[str, Any]]:
+        return [{"type": "node", "id": f"node/{self.name}", "name": self.name, "nodeid": 0,
+                 "ip": "127.0.0.1", "local": 1, "online": 1, "level": ""}]  # fmt: skip
+
+    def cluster_resources(self, who: Identity, kind: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if kind in (None, "vm"):
+            for vmid in self.vmids():
+                if not self.auth.allowed(who, f"/vms/{vmid}", "VM.Audit"):
+                    continue
+                try:
+                    st = self.status(vmid)
+                except PveError:
+                    continue
+                item = {
+                    "id": f"lxc/{vmid}", "type": "lxc", "node": self.name, "vmid": vmid,
+                    "name": st["name"], "status": st["status"], "template": st.get("template", 0),
+                    "maxcpu": st["cpus"], "maxmem": st["maxmem"], "maxdisk": st["maxdisk"],
+                    "cpu": st["cpu"], "mem": st["mem"], "disk": st["disk"], "uptime": st["uptime"],
+                    "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
+                }  # fmt: skip
+                for extra in ("tags", "lock"):
+                    if st.get(extra):
+                        item[extra] = st[extra]
+                out.append(item)
+        if kind in (None, "node"):
+            n = self._node_item()
+            n.pop("ssl_fingerprint")
+            out.append(n | {"cgroup-mode": 2})
+        if kind in (None, "storage"):
+            for s in STORAGES:
+                if not self.auth.privileges(who, f"/storage/{s.id}") & {
+                    "Datastore.Audit",
+                    "Datastore.AllocateSpace",
+                }:
+                    continue
+                st = self.storage_status(s.id)
+                out.append({
+                    "id": f"storage/{self.name}/{s.id}", "type": "storage", "node": self.name,
+                    "storage": s.id, "status": "available", "plugintype": s.type,
+                    "content": ",".join(s.content), "shared": 0,
+                    "disk": st["used"], "maxdisk": st["total"],
+                })  # fmt: skip
+        return out
+
+    def nextid(self, vmid: int | None = None) -> str:
+        used = set(self.vmids())
+        if vmid is not None:
+            if vmid in used:
+                raise param_error({"vmid": f"VM {vmid} already exists"})
+            return str(vmid)
+        n = 100
+        while n in used:
+            n += 1
+        return str(n)
+
+    # ------------------------------------------------------------------ storage
+
+    def storage_list(self, who: Identity, content: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for s in STORAGES:
+            if content and content not in split_list(content) and content not in s.content:
+                continue
+            if content and not set(split_list(content)) & set(s.content):
+                continue
+            if not self.auth.privileges(who, f"/storage/{s.id}") & {
+                "Datastore.Audit",
+                "Datastore.AllocateSpace",
+            }:
+                continue
+            out.append(self.storage_status(s.id))
+        return out
+
+    def storage_status(self, sid: str) -> dict[str, Any]:
+        s = self.storages.get(sid)
+        fs = os.statvfs(self.lab_dir)
+        total, avail = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+        return {
+            "storage": sid, "type": s.type, "content": ",".join(s.content), "active": 1,
+            "enabled": 1, "shared": 0, "total": total, "avail": avail, "used": total - avail,
+            "used_fraction": (total - avail) / total if total else 0,
+        }  # fmt: skip
+
+    def storage_content(
+        self, sid: str, content: str | None, vmid: int | None
+    ) -> list[dict[str, Any]]:
+        return self.storages.content(sid, content, vmid)
+
+    def delete_volume(self, who: Identity, sid: str, volume: str) -> str | None:
+        volid = volume if ":" in volume else f"{sid}:{volume}"
+        self.auth.require(who, f"/storage/{sid}", "Datastore.Allocate")
+        path = self.storages.volume_path(volid)
+        if not path.exists():
+            raise PveError(500, f"volume '{volid}' does not exist")
+        m = re.match(r"^vm-(\d+)-disk-\d+$", volid.partition(":")[2])
+        if m and self.conf_path(int(m.group(1))).exists():
+            raise PveError(500, f"unable to delete volume '{volid}', it's used by CT {m.group(1)}")
+
+        def body(log: TaskLog) -> None:
+            self.storages.free(volid)
+            log.write(f"Removed volume '{volid}'")
+
+        return self._task("imgdel", volid, who, body)
+
+    def download_url(self, who: Identity, sid: str, params: Mapping[str, Any]) -> str:
+        filename = str(params["filename"])
+        if params["content"] == "vztmpl" and not TEMPLATE_EXT.search(filename):
+            raise param_error({"filename": "wrong file extension"})
+        if "/" in filename or filename.startswith("."):
+            raise param_error({"filename": "invalid filename"})
+        store = self.storages.get(sid)
+        if params["content"] not in store.content:
+            raise PveError(
+                500, f"storage '{sid}' is not configured for content-type '{params['content']}'"
+            )
+        checksum = None
+        if params.get("checksum"):
+            checksum = (str(params["checksum-algorithm"]), str(params["checksum"]))
+        url = str(params["url"])
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if not _is_loopback(host):
+            raise PveError(500, f"lab: download-url only fetches from loopback, not '{host}'")
+
+        def body(log: TaskLog) -> None:
+            self.storages.download(sid, filename, url, checksum, log.write)
+
+        return self._task("download", filename, who, body)
+
+    # ------------------------------------------------------------------ containers: reads
+
+    def get_config(
+        self, vmid: int, *, current: bool = True, snapshot: str | None = None
+    ) -> dict[str, Any]:
+        c, text = self._read(vmid)
+        sec = c.main
+        if snapshot is not None:
+            if snapshot not in c.snapshots:
+                raise PveError(500, f"snapshot '{snapshot}' does not exist")
+            sec = c.snapshots[snapshot]
+        out: dict[str, Any] = {}
+        for k, v in sec.options.items():
+            out[k] = _typed(k, v)
+        if not current and snapshot is None:
+            for k, v in c.pending.options.items():
+                if k != "delete":
+                    out[k] = _typed(k, v)
+        if sec.description is not None:
+            out["description"] = sec.description + "\n"
+        if sec.raw:
+            out["lxc"] = [[k, v] for k, v in sec.raw]
+        out["digest"] = confmod.digest(text)
+        return out
+
+    def pending(self, vmid: int) -> list[dict[str, Any]]:
+        c = self.load(vmid)
+        out = []
+        keys = set(c.main.options) | set(c.pending.options) - {"delete"}
+        deleted = set(split_list(c.pending.options.get("delete", "")))
+        for k in sorted(keys):
+            item: dict[str, Any] = {"key": k}
+            if k in c.main.options:
+                item["value"] = _typed(k, c.main.options[k])
+            if k in c.pending.options:
+                item["pending"] = _typed(k, c.pending.options[k])
+            if k in deleted:
+                item["delete"] = 1
+            out.append(item)
+        if c.main.description is not None:
+            out.append({"key": "description", "value": c.main.description + "\n"})
+        return out
+
+    def lxc_list(self, who: Identity) -> list[dict[str, Any]]:
+        out = []
+        for vmid in self.vmids():
+            if self.auth.allowed(who, f"/vms/{vmid}", "VM.Audit"):
+                with contextlib.suppress(PveError):
+                    out.append(self.status(vmid))
+        return out
+
+    def status(self, vmid: int) -> dict[str, Any]:
+        """``status/current``, with the state read from the runtime."""
+        c = self.load(vmid)
+        o = c.main.options
+        state = self.runtime.state(vmid)
+        running = state == "running"
+        mem = int(o.get("memory", "512")) * 1024 * 1024
+        swap = int(o.get("swap", "512")) * 1024 * 1024
+        size = 0
+        if "rootfs" in o:
+            m = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)", o["rootfs"])
+            if m:
+                size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+        started = self._started.get(vmid)
+        out: dict[str, Any] = {
+            "vmid": vmid, "name": o.get("hostname", f"CT{vmid}"), "type": "lxc",
+            "status": "running" if running else "stopped",
+            "cpus": int(o.get("cores", str(os.cpu_count() or 1))), "maxmem": mem, "maxswap": swap,
+            "maxdisk": size, "disk": 0, "mem": 0, "swap": 0, "cpu": 0, "netin": 0, "netout": 0,
+            "diskread": 0, "diskwrite": 0,
+            "uptime": int(time.time() - started) if running and started else 0,
+            "ha": {"managed": 0},
+        }  # fmt: skip
+        if running:
+            pid = self.runtime.pid(vmid)
+            if pid:
+                out["pid"] = pid
+        if o.get("tags"):
+            out["tags"] = o["tags"]
+        if o.get("lock"):
+            out["lock"] = o["lock"]
+        if is_true(o.get("template")):
+            out["template"] = 1
+        return out
+
+    # ------------------------------------------------------------------ create
+
+    def create(self, params: Mapping[str, Any], *, user: str | Identity = ROOT) -> str:
+        """``POST /nodes/{node}/lxc``: checks, the config locked ``create``, then a
+        ``vzcreate`` task that makes the rootfs (and starts it with ``start=1``)."""
+        who = as_identity(user)
+        v = validate(method_schema("/nodes/{node}/lxc", "POST"), {"node": self.name, **params})
+        vmid = int(v["vmid"])
+        if v.get("restore"):
+            raise PveError(501, "restore is not implemented by the lab")
+        unprivileged = bool(v.get("unprivileged", 1))
+        if not unprivileged:
+            self.auth.require(who, "/", "Sys.Modify")
+        if self.conf_path(vmid).exists():
+            raise PveError(500, f"CT {vmid} already exists on node '{self.name}'")
+        if v.get("start"):
+            self.auth.require(who, f"/vms/{vmid}", "VM.PowerMgmt")
+        if not self.auth.allowed(who, f"/vms/{vmid}", "VM.Allocate"):
+            raise permission_denied()
+        ostemplate = str(v["ostemplate"])
+        storage = str(v.get("storage", "local"))
+        template = self._check_template(who, ostemplate)
+        opts = {
+            k: str(x) if not isinstance(x, str) else x
+            for k, x in v.items()
+            if k not in _CREATE_ONLY
+        }
+        opts.pop("unprivileged", None)
+        check_ct_modify_config_perm(self.auth, who, vmid, None, opts, [], unprivileged)
+        mounts: dict[str, str] = {}
+        for k in [k for k in opts if _MOUNT_KEY.match(k)]:
+            value = opts.pop(k)
+            mounts[k] = f"{storage}:{value}" if re.fullmatch(r"\d+(\.\d+)?", value) else value
+        if mounts and "rootfs" not in mounts:
+            raise PveError(500, "mount points configured, but 'rootfs' not set - aborting")
+        if "rootfs" not in mounts:
+            mounts["rootfs"] = f"{storage}:4"
+        for k, value in mounts.items():
+            vol = _volume_of(k, value)
+            if mount_type(vol) != "volume":
+                if not who.is_root:
+                    raise PveError(500, "Only root can pass arbitrary filesystem paths.")
+            else:
+                sid = vol.partition(":")[0]
+                self.storages.get(sid)
+                self.auth.require(who, f"/storage/{sid}", "Datastore.AllocateSpace")
+        final = {k: _normalise(k, x) for k, x in opts.items()}
+        final.setdefault("hostname", f"CT{vmid}")
+        final.setdefault("memory", "512")
+        final.setdefault("swap", "512")
+        final["arch"] = str(v.get("arch", "amd64"))
+        final["ostype"] = str(v.get("ostype") or _ostype(ostemplate))
+        if unprivileged:
+            final["unprivileged"] = "1"
+        description = final.pop("description", None)
+        with self.locked():
+            if self.conf_path(vmid).exists():
+                raise PveError(500, f"CT {vmid} already exists on node '{self.name}'")
+            self._write(vmid, CtConf(Section({"lock": "create"})))
+        keys = str(v.get("ssh-public-keys", "")) or None
+        start = bool(v.get("start"))
+
+        def body(log: TaskLog) -> None:
+            try:
+                self._do_create(vmid, template, final, mounts, description, keys, unprivileged, log)
+            except Exception:
+                self._purge(vmid)
+                raise
+            if start:
+                self._do_start(vmid, log)
+
+        return self._task("vzcreate", vmid, who, body)
+
+    def _check_template(self, who: Identity, ostemplate: str) -> Path:
+        sid, colon, _ = ostemplate.partition(":")
+        if not colon:
+            if not who.is_root:
+                raise PveError(500, "Only root can pass arbitrary filesystem paths.")
+            return Path(ostemplate)
+        path = self.storages.template_path(ostemplate)
+        self.auth.require(
+            who, f"/storage/{sid}", "Datastore.AllocateSpace", "Datastore.Audit", any_=True
+        )
+        return path
+
+    def _do_create(  # noqa: PLR0917
+        self,
+        vmid: int,
+        template: Path,
+        final: dict[str, str],
+        mounts: Mapping[str, str],
+        description: str | None,
+        ssh_keys: str | None,
+        unprivileged: bool,
+        log: TaskLog,
+    ) -> None:
+        if not template.is_file():
+            raise PveError(500, f"unable to create CT {vmid} - volume '{template}' does not exist")
+        owner = _mapped_root((), unprivileged)
+        for k in sorted(mounts, key=lambda k: (k != "rootfs", k)):
+            final[k] = self._realise(vmid, k, mounts[k], owner, log)
+        rootfs = self._resolve_mount(final["rootfs"])[0]
+        log.write(f"extracting archive '{template}'")
+        self.runtime.create_rootfs(vmid, template, rootfs, DEFAULT_IDMAP if unprivileged else (),
+                                   unprivileged)  # fmt: skip
+        if ssh_keys:
+            ssh = rootfs / "root" / ".ssh"
+            ssh.mkdir(parents=True, exist_ok=True)
+            (ssh / "authorized_keys").write_text(ssh_keys.rstrip("\n") + "\n")
+            if owner is not None and os.geteuid() == 0:
+                for p in (ssh, ssh / "authorized_keys"):
+                    os.chown(p, owner, owner)
+            ssh.chmod(0o700)
+        log.write("Total bytes written: (extracted in the container's user namespace)")
+        with self.locked():
+            c = self.load(vmid)
+            self._write(vmid, replace(c, main=Section(final, (), description)))
+
+    def _realise(self, vmid: int, key: str, value: str, owner: int | None, log: TaskLog) -> str:
+        """``local-lvm:8`` -> a new volume ``local-lvm:vm-N-disk-K,size=8G``."""
+        sch = lxc_option_schema(key)
+        assert sch is not None
+        parts = parse_property_string(sch["format"], value)
+        m = NEW_DISK.match(parts.get("volume", ""))
+        if m:
+            size = m.group(2)
+            parts["volume"] = self.storages.allocate(m.group(1), vmid, float(size), owner)
+            parts["size"] = f"{size}G"
+            log.write(f"allocated volume {parts['volume']} ({size} GiB)")
+        order = ["mp", *sorted(k for k in parts if k not in ("volume", "mp"))]
+        return print_property_string(sch["format"], parts, order)
+
+    def _resolve_mount(self, value: str) -> tuple[Path, str]:
+        vol, _, rest = value.partition(",")
+        path = Path(vol) if vol.startswith("/") else self.storages.volume_path(vol)
+        return path, rest
+
+    def runtime_conf(self, vmid: int) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The config as ``Runtime.start`` gets it: volumes resolved to directories."""
+        c = self.load(vmid)
+        opts = dict(c.main.options)
+        for k, v in c.main.options.items():
+            if _MOUNT_KEY.match(k):
+                path, rest = self._resolve_mount(v)
+                opts[k] = f"{path},{rest}" if rest else str(path)
+        return opts, list(c.main.raw)
+
+    def _purge(self, vmid: int) -> None:
+        with contextlib.suppress(Exception):
+            self.runtime.destroy(vmid)
+        for volid in self.storages.vm_volumes(vmid):
+            self.storages.free(volid)
+        for s in STORAGES:
+            shutil.rmtree(self.storages.root / s.id / "snapshots" / str(vmid), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.storages.root / s.id / "images" / str(vmid)).rmdir()
+        with self.locked():
+            self.conf_path(vmid).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ config writes
+
+    def set_config(
+        self,
+        vmid: int,
+        params: Mapping[str, Any],
+        delete: Sequence[str] = (),
+        *,
+        user: str | Identity = ROOT,
+        digest: str | None = None,
+        revert: Sequence[str] = (),
+    ) -> None:
+        """``PUT /config`` (and ``pct set``): PVE's checks, then the change."""
+        who = as_identity(user)
+        raw: dict[str, Any] = {"node": self.name, "vmid": vmid, **params}
+        if delete:
+            raw["delete"] = ",".join(delete)
+        if revert:
+            raw["revert"] = ",".join(revert)
+        if digest:
+            raw["digest"] = digest
+        v = validate(method_schema("/nodes/{node}/lxc/{vmid}/config", "PUT"), raw)
+        values = {k: str(x) for k, x in v.items() if k not in _SET_ONLY}
+        deletes = [k for k in split_list(str(v.get("delete", "")))]
+        reverts = [k for k in split_list(str(v.get("revert", "")))]
+        if not values and not deletes and not reverts:
+            raise PveError(500, "no options specified")
+        with self.locked():
+            c, text = self._read(vmid)
+            old = c.main.options
+            if old.get("lock"):
+                raise PveError(500, f"CT is locked ({old['lock']})")
+            if v.get("digest") and v["digest"] != confmod.digest(text):
+                raise PveError(
+                    500, "detected modified configuration - file changed by other user? Try again."
+                )
+            unpriv = is_true(old.get("unprivileged"))
+            check_ct_modify_config_perm(self.auth, who, vmid, old, {}, deletes, unpriv)
+            for opt in deletes:
+                if lxc_option_schema(opt) is None:
+                    raise param_error({"delete": f"unknown option '{opt}'"})
+                if opt in values:
+                    raise param_error(
+                        {"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"}
+                    )
+            check_ct_modify_config_perm(self.auth, who, vmid, old, values, [], unpriv)
+            opts = dict(old)
+            description = c.main.description
+            for opt in deletes:
+                if opt in ("memory", "rootfs", "ostype"):
+                    raise PveError(500, f"unable to delete required option '{opt}'")
+                if opt == "unprivileged":
+                    raise PveError(500, "unable to delete read-only option: 'unprivileged'")
+                if opt == "description":
+                    description = None
+                    continue
+                gone = opts.pop(opt, None)
+                if gone is not None and re.fullmatch(r"mp\d+", opt):
+                    vol = _volume_of(opt, gone)
+                    if mount_type(vol) == "volume":
+                        opts[_unused_key(opts)] = vol
+            owner = _mapped_root(c.main.raw, unpriv)
+            log = _NullLog()
+            for opt in sorted(values):
+                value = values[opt]
+                if opt == "unprivileged":
+                    raise PveError(500, "unable to modify read-only option: 'unprivileged'")
+                if opt == "description":
+                    description = value
+                    continue
+                if re.fullmatch(r"mp\d+", opt) or opt == "rootfs":
+                    vol = _volume_of(opt, value)
+                    if mount_type(vol) == "volume":
+                        m = NEW_DISK.match(vol)
+                        if m:
+                            self.storages.get(m.group(1))
+                        value = self._realise(vmid, opt, value, owner, log)
+                opts[opt] = _normalise(opt, value)
+            self._write(vmid, replace(c, main=Section(opts, c.main.raw, description)))
+
+    # ------------------------------------------------------------------ power
+
+    def _need_conf(self, vmid: int) -> CtConf:
+        return self.load(vmid)
+
+    def _running(self, vmid: int) -> bool:
+        return self.runtime.state(vmid) == "running"
+
+    def _check_lock(self, vmid: int, allow: Sequence[str] = ()) -> None:
+        lock = self.load(vmid).main.options.get("lock")
+        if lock and lock not in allow:
+            raise PveError(500, f"CT is locked ({lock})")
+
+    def start(self, vmid: int, *, user: str | Identity = ROOT) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+        if self._running(vmid):
+            raise PveError(500, f"CT {vmid} already running")
+
+        def body(log: TaskLog) -> None:
+            self._check_lock(vmid, ("mounted",))
+            self._do_start(vmid, log)
+
+        return self._task("vzstart", vmid, who, body)
+
+    def _do_start(self, vmid: int, log: TaskLog) -> None:
+        if is_true(self.load(vmid).main.options.get("template")):
+            raise PveError(500, "you can't start a CT if it's a template")
+        opts, raw = self.runtime_conf(vmid)
+        try:
+            self.runtime.start(vmid, opts, raw)
+        except RuntimeError as e:
+            raise PveError(500, f"startup for container '{vmid}' failed: {e}") from e
+        self._started[vmid] = time.time()
+
+    def stop(self, vmid: int, *, user: str | Identity = ROOT) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+        if not self._running(vmid):
+            raise PveError(500, f"CT {vmid} not running")
+
+        def body(log: TaskLog) -> None:
+            self.runtime.stop(vmid)
+            self._started.pop(vmid, None)
+
+        return self._task("vzstop", vmid, who, body)
+
+    def shutdown(
+        self, vmid: int, *, user: str | Identity = ROOT, timeout: int = 60, force: bool = False
+    ) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+        if not self._running(vmid):
+            raise PveError(500, f"CT {vmid} not running")
+
+        def body(log: TaskLog) -> None:
+            self._check_lock(vmid)
+            self.runtime.shutdown(vmid, timeout)
+            if self._running(vmid):
+                if not force:
+                    raise PveError(500, "container did not stop")
+                self.runtime.stop(vmid)
+            self._started.pop(vmid, None)
+
+        return self._task("vzshutdown", vmid, who, body)
+
+    def reboot(self, vmid: int, *, user: str | Identity = ROOT, timeout: int = 60) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+        if not self._running(vmid):
+            raise PveError(500, f"VM {vmid} not running")
+
+        def body(log: TaskLog) -> None:
+            self.runtime.shutdown(vmid, timeout)
+            if self._running(vmid):
+                self.runtime.stop(vmid)
+            self._do_start(vmid, log)
+
+        return self._task("vzreboot", vmid, who, body)
+
+    def destroy(
+        self, vmid: int, *, user: str | Identity = ROOT, force: bool = False, purge: bool = False
+    ) -> str:
+        who = as_identity(user)
+        c = self._need_conf(vmid)
+        if is_true(c.main.options.get("protection")):
+            raise PveError(500, f"can't remove CT {vmid} - protection mode enabled")
+        if c.main.options.get("lock"):
+            raise PveError(500, f"CT is locked ({c.main.options['lock']})")
+        msg = f"unable to destroy CT {vmid} - container is running"
+        if self._running(vmid) and not force:
+            raise PveError(500, msg)
+
+        def body(log: TaskLog) -> None:
+            if self._running(vmid):
+                if not force:
+                    raise PveError(500, msg)
+                log.write(f"forced to stop CT {vmid} before destroying!")
+                self.runtime.stop(vmid)
+            self._update_main(vmid, lock="destroyed")
+            self._purge(vmid)
+            self._started.pop(vmid, None)
+
+        return self._task("vzdestroy", vmid, who, body)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_list(self, vmid: int) -> list[dict[str, Any]]:
+        c, text = self._read(vmid)
+        out: list[dict[str, Any]] = []
+        for name, sec in c.snapshots.items():
+            item: dict[str, Any] = {
+                "name": name, "snaptime": int(sec.options.get("snaptime", "0")),
+                "description": sec.description or "",
+            }  # fmt: skip
+            if sec.options.get("parent"):
+                item["parent"] = sec.options["parent"]
+            out.append(item)
+        cur: dict[str, Any] = {
+            "name": "current", "description": "You are here!", "digest": confmod.digest(text),
+            "running": 1 if self._running(vmid) else 0,
+        }  # fmt: skip
+        if c.main.options.get("parent"):
+            cur["parent"] = c.main.options["parent"]
+        out.append(cur)
+        return out
+
+    def _volumes(self, opts: Mapping[str, str]) -> list[str]:
+        out = []
+        for k, v in opts.items():
+            if _MOUNT_KEY.match(k):
+                vol = _volume_of(k, v)
+                if mount_type(vol) == "volume":
+                    out.append(vol)
+        return out
+
+    def _snap_path(self, vmid: int, snap: str, volid: str) -> Path:
+        sid, _, name = volid.partition(":")
+        return self.storages.snapshot_dir(sid, vmid, snap) / name
+
+    def snapshot(
+        self,
+        vmid: int,
+        snapname: str,
+        *,
+        user: str | Identity = ROOT,
+        description: str | None = None,
+    ) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+        if snapname in ("current", "vzdump"):
+            raise PveError(500, f"unable to use snapshot name '{snapname}' (reserved name)")
+
+        def body(log: TaskLog) -> None:
+            with self.locked():
+                c = self.load(vmid)
+                if c.main.options.get("lock"):
+                    raise PveError(500, f"CT is locked ({c.main.options['lock']})")
+                if snapname in c.snapshots:
+                    raise PveError(500, f"snapshot name '{snapname}' already used")
+                opts = dict(c.main.options)
+                self._write(
+                    vmid, replace(c, main=replace(c.main, options={**opts, "lock": "snapshot"}))
+                )
+            try:
+                for volid in self._volumes(opts):
+                    log.write(f"snapshotting '{volid}'")
+                    copy_tree(
+                        self.storages.volume_path(volid), self._snap_path(vmid, snapname, volid)
+                    )
+            except Exception:
+                self._update_main(vmid, lock=None)
+                raise
+            with self.locked():
+                c = self.load(vmid)
+                snap = {k: x for k, x in c.main.options.items()
+                        if k != "lock" and not k.startswith("unused")}  # fmt: skip
+                snap["snaptime"] = str(int(time.time()))
+                main = {k: x for k, x in c.main.options.items() if k != "lock"}
+                main["parent"] = snapname
+                snaps = dict(c.snapshots)
+                snaps[snapname] = Section(snap, c.main.raw, description)
+                self._write(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
+
+        return self._task("vzsnapshot", vmid, who, body)
+
+    def delete_snapshot(self, vmid: int, snapname: str, *, user: str | Identity = ROOT) -> str:
+        who = as_identity(user)
+        self._need_conf(vmid)
+
+        def body(log: TaskLog) -> None:
+            with self.locked():
+                c = self.load(vmid)
+                if snapname not in c.snapshots:
+                    raise PveError(500, f"snapshot '{snapname}' does not exist")
+                snap = c.snapshots[snapname]
+            for volid in self._volumes(snap.options):
+                path = self._snap_path(vmid, snapname, volid)
+                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+            with self.locked():
+                c = self.load(vmid)
+                parent = snap.options.get("parent")
+
+                def reparent(sec: Section) -> Section:
+                    if sec.options.get("parent") != snapname:
+                        return sec
+                    o = {k: x for k, x in sec.options.items() if k != "parent"}
+                    if parent:
+                        o["parent"] = parent
+                    return replace(sec, options=o)
+
+                snaps = {n: reparent(s) for n, s in c.snapshots.items() if n != snapname}
+                self._write(vmid, CtConf(reparent(c.main), c.pending, snaps))
+
+        return self._task("vzdelsnapshot", vmid, who, body)
+
+    def rollback(
+        self, vmid: int, snapname: str, *, user: str | Identity = ROOT, start: bool = False
+    ) -> str:
+        who = as_identity(user)
+        c = self._need_conf(vmid)
+        if start:
+            self.auth.require(who, f"/vms/{vmid}", "VM.PowerMgmt")
+        if snapname not in c.snapshots:
+            raise PveError(500, f"snapshot '{snapname}' does not exist")
+
+        def body(log: TaskLog) -> None:
+            self._check_lock(vmid)
+            if self._running(vmid):
+                log.write(f"stopping CT {vmid}")
+                self.runtime.stop(vmid)
+                self._started.pop(vmid, None)
+            self._update_main(vmid, lock="rollback")
+            snap = self.load(vmid).snapshots[snapname]
+            for volid in self._volumes(snap.options):
+                src = self._snap_path(vmid, snapname, volid)
+                dst = self.storages.volume_path(volid)
+                log.write(f"rolling back '{volid}' to snapshot '{snapname}'")
+                shutil.rmtree(dst, ignore_errors=True)
+                copy_tree(src, dst)
+            with self.locked():
+                c = self.load(vmid)
+                opts = {k: x for k, x in snap.options.items() if k != "snaptime"}
+                opts.update({k: x for k, x in c.main.options.items() if k.startswith("unused")})
+                opts["parent"] = snapname
+                self._write(vmid, CtConf(Section(opts, snap.raw, c.main.description), Section(),
+                                         c.snapshots))  # fmt: skip
+            if start:
+                self._do_start(vmid, log)
+
+        return self._task("vzrollback", vmid, who, body)
+
+    # ------------------------------------------------------------------ tasks
+
+    def task_list(self, who: Identity, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        vmid = params.get("vmid")
+        source = params.get("source", "archive")
+        for t in self.tasks.all():
+            if not _task_visible(self.auth, who, t["user"], self.name):
+                continue
+            if vmid is not None and t["id"] != str(vmid):
+                continue
+            if params.get("typefilter") and t["type"] != params["typefilter"]:
+                continue
+            if params.get("userfilter") and params["userfilter"] not in t["user"]:
+                continue
+            if params.get("errors") and t.get("exitstatus", "OK") == "OK":
+                continue
+            if source == "active" and t["status"] != "running":
+                continue
+            if source == "archive" and t["status"] == "running":
+                continue
+            if params.get("since") is not None and t["starttime"] < int(params["since"]):
+                continue
+            if params.get("until") is not None and t["starttime"] > int(params["until"]):
+                continue
+            item = dict(t)
+            if t["status"] == "stopped":
+                item["status"] = t["exitstatus"]
+            out.append(item)
+        start = int(params.get("start", 0))
+        limit = int(params.get("limit", 50))
+        return out[start : start + limit] if limit else out[start:]
+
+    def _task_check(self, who: Identity, upid: str, priv: str = "Sys.Audit") -> Upid:
+        u = Upid.parse(upid)
+        if u.node != self.name or not self.tasks.exists(upid):
+            raise PveError(500, f"no such task '{upid}'") if u.node == self.name else PveError(
+                500, f"no such node '{u.node}'"
+            )  # fmt: skip
+        if not _task_visible(self.auth, who, u.user, self.name, priv):
+            raise permission_denied(f"/nodes/{self.name}, {priv}")
+        return u
+
+    def task_status(self, who: Identity, upid: str) -> dict[str, Any]:
+        self._task_check(who, upid)
+        return self.tasks.status(upid)
+
+    def task_log(
+        self, who: Identity, upid: str, start: int = 0, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int]:
+        self._task_check(who, upid)
+        return self.tasks.log(upid, start, limit)
+
+    # ------------------------------------------------------------------ lab control
+
+    def reset(self) -> None:
+        """Remove every container (stopping it), volume and task: a fresh node."""
+        for vmid in self.vmids():
+            with contextlib.suppress(Exception):
+                if self._running(vmid):
+                    self.runtime.stop(vmid)
+            self._purge(vmid)
+        shutil.rmtree(self.tasks.root, ignore_errors=True)
+        self._started.clear()
+        self.reset_faults()
+
+    def new_token(self, tokenid: str, *, privsep: bool = False) -> str:
+        return self.auth.add_token(tokenid, secrets.token_hex(16), privsep=privsep)
+
+
+class _NullLog(TaskLog):
+    def __init__(self) -> None:
+        self.warnings = 0
+
+    def write(self, line: str) -> None:
+        return None
+
+
+def _task_visible(
+    auth: AuthStore, who: Identity, owner: str, node: str, priv: str = "Sys.Audit"
+) -> bool:
+    """A user sees its tasks and its tokens'; a token its own; others need ``priv`` on the node."""
+    if owner == who.authid or (who.token is None and owner.partition("!")[0] == who.user):
+        return True
+    return auth.allowed(who, f"/nodes/{node}", priv)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _volume_of(key: str, value: str) -> str:
+    sch = lxc_option_schema(key)
+    assert sch is not None
+    try:
+        return parse_property_string(sch["format"], value).get("volume", "")
+    except ValueError:
+        return value.split(",", 1)[0]
+
+
+def _unused_key(opts: Mapping[str, str]) -> str:
+    n = 0
+    while f"unused{n}" in opts:
+        n += 1
+    return f"unused{n}"
+
+
+def _ostype(template: str) -> str:
+    name = template.rpartition("/")[2]
+    for os_name in ("debian", "ubuntu", "centos", "fedora", "alpine", "archlinux", "opensuse"):
+        if name.startswith(os_name):
+            return os_name
+    return "unmanaged"
+
+
+def _random_mac() -> str:
+    tail = secrets.token_bytes(3)
+    return "BC:24:11:" + ":".join(f"{b:02X}" for b in tail)
+
+
+def _normalise(key: str, value: str) -> str:
+    """The value as PVE stores it (features sorted, tags lowercased and sorted, net0 with
+    ``type=veth`` and a ``hwaddr``)."""
+    if key == "features":
+        flags = features_of(value)
+        return ",".join(f"{k}={flags[k]}" for k in sorted(flags))
+    if key == "tags":
+        tags = sorted({t.lower() for t in re.split(r"[;,\s]+", value) if t})
+        return ";".join(tags)
+    if re.fullmatch(r"net\d+", key):
+        sch = lxc_option_schema(key)
+        assert sch is not None
+        parts = parse_property_string(sch["format"], value)
+        parts.setdefault("hwaddr", _random_mac())
+        parts["type"] = "veth"
+        order = ["name", *sorted(k for k in parts if k != "name")]
+        return ",".join(f"{k}={parts[k]}" for k in order if k in parts)
+    return value
+
+
+def _typed(key: str, value: str) -> Any:
+    """Config values as PVE's JSON returns them: integers and numbers as numbers."""
+    sch = lxc_option_schema(key)
+    kind = sch.get("type") if sch else None
+    if key in ("snaptime",) or kind in ("integer", "boolean"):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    if kind == "number":
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        return int(f) if f == int(f) else f
+    return value

@@ -1,0 +1,125 @@
+"""pve-container's ``check_ct_modify_config_perm``: who may set which container option.
+
+``root@pam`` (a password/ticket login, or ``pct`` on the node) may set anything. Everyone
+else, every API token included (its authid is ``user@realm!name``, never ``root@pam``),
+is held to the table in /work/shared/pve-api/README.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from pvestack.lab.backend.auth import AuthStore, Identity
+from pvestack.lab.backend.errors import permission_denied
+from pvestack.lab.backend.schema import lxc_option_schema, parse_property_string
+
+NEW_DISK = re.compile(r"^([a-zA-Z][a-zA-Z0-9\-_.]*[a-zA-Z0-9]):(\d+(\.\d+)?)$")
+
+
+def mount_type(volume: str) -> str:
+    """``device`` (/dev/...), ``bind`` (any other absolute path) or ``volume``."""
+    if volume.startswith("/dev/"):
+        return "device"
+    if volume.startswith("/"):
+        return "bind"
+    return "volume"
+
+
+def mount_volume(key: str, value: str) -> str:
+    sch = lxc_option_schema(key)
+    fmt = sch["format"] if sch else {}
+    try:
+        return parse_property_string(fmt, value).get("volume", "")
+    except ValueError:
+        return value.split(",", 1)[0]
+
+
+def features_of(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    sch = lxc_option_schema("features")
+    assert sch is not None
+    try:
+        parsed = parse_property_string(sch["format"], value)
+    except ValueError:
+        return {}
+    return {k: ("1" if v.lower() in ("1", "on", "yes", "true") else "0") if k != "mount" else v
+            for k, v in parsed.items()}  # fmt: skip
+
+
+def _features_change(
+    old: Mapping[str, str] | None, new: Mapping[str, str], deleting: bool
+) -> tuple[bool, bool]:
+    """(nesting changed, another flag changed), as pve-container decides them."""
+    if not deleting and old and old.get("features"):
+        before, after = features_of(old["features"]), features_of(new.get("features"))
+        nesting = False
+        for flag in [*before, *after]:
+            if before.get(flag, "0") != after.get(flag, "0"):
+                if flag != "nesting":
+                    return nesting, True
+                nesting = True
+        return nesting, False
+    flags = features_of((old or {}).get("features") if deleting else new.get("features"))
+    if len(flags) == 1 and flags.get("nesting") == "1":
+        return True, False
+    return False, bool(flags)
+
+
+def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-container's
+    auth: AuthStore,
+    who: Identity,
+    vmid: int,
+    old: Mapping[str, str] | None,
+    new: Mapping[str, str],
+    delete: Iterable[str],
+    unprivileged: bool,
+) -> None:
+    if who.is_root:
+        return
+    vm = f"/vms/{vmid}"
+
+    def check(opt: str, deleting: bool) -> None:
+        if opt in ("cores", "cpuunits", "cpulimit"):
+            auth.require(who, vm, "VM.Config.CPU")
+        elif opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
+            auth.require(who, vm, "VM.Config.Disk")
+            if deleting:
+                return
+            volume = mount_volume(opt, new[opt])
+            kind = mount_type(volume)
+            if kind != "volume":
+                raise permission_denied(f"mount point type {kind} is only allowed for root@pam")
+            m = NEW_DISK.match(volume)
+            if m:
+                auth.require(who, f"/storage/{m.group(1)}", "Datastore.AllocateSpace")
+        elif opt in ("memory", "swap"):
+            auth.require(who, vm, "VM.Config.Memory")
+        elif re.fullmatch(r"net\d+", opt):
+            auth.require(who, vm, "VM.Config.Network")
+        elif re.fullmatch(r"dev\d+", opt):
+            raise permission_denied("configuring device passthrough is only allowed for root@pam")
+        elif opt in ("nameserver", "searchdomain", "hostname"):
+            auth.require(who, vm, "VM.Config.Network")
+        elif opt == "features":
+            if not unprivileged:
+                raise permission_denied(
+                    "changing feature flags for privileged container is only allowed for root@pam"
+                )
+            nesting, other = _features_change(old, new, deleting)
+            if other:
+                raise permission_denied(
+                    "changing feature flags (except nesting) is only allowed for root@pam"
+                )
+            if nesting:
+                auth.require(who, vm, "VM.Allocate")
+        elif opt == "hookscript":
+            raise permission_denied("changing the hookscript is only allowed for root@pam")
+        else:
+            auth.require(who, vm, "VM.Config.Options")
+
+    for opt in new:
+        check(opt, False)
+    for opt in delete:
+        check(opt, True)

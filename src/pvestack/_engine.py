@@ -203,7 +203,9 @@ class ApplyResult:
 
     @property
     def exit_code(self) -> int:
-        if self.error or any(r.outcome is Outcome.FAILED for r in self.results):
+        if self.error or self.plan.refused:
+            return 1
+        if any(r.outcome is Outcome.FAILED for r in self.results):
             return 1
         return 3 if self.pending else 0
 

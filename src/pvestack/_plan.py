@@ -688,7 +688,7 @@ def render_text(p: Plan, *, root_via: str = "") -> str:
         for k in keys:
             b = a.before.get(k)
             af = a.after.get(k)
-            if a.change is Change.CREATE and b is None:
+            if b is None and (a.change is Change.CREATE or k not in a.before):
                 lines.append(f"        {k} = {_show(af)}")
             elif af is None:
                 lines.append(f"        - {k} = {_show(b)}")

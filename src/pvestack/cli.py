@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pvestack import __version__
 from pvestack import _engine as engine
@@ -167,20 +168,18 @@ def plan(
 
 
 def _progress(a: Action, phase: str, detail: str) -> None:
-    tag = f"[{a.actor.value}]"
+    line = f"{a.change.symbol} {a.id} [{a.actor.value}] {a.target}"
     if phase == "start":
-        err.print(f"[cyan]…[/] {a.change.symbol} {a.id} {tag} {a.target}", markup=True)
-    elif phase == "progress":
-        return
+        err.print(f"[cyan]…[/] {escape(line)}")
     elif phase == "done":
-        err.print(f"[green]✓[/] {a.id}", markup=True)
+        err.print(f"[green]✓[/] {escape(a.id)}")
     elif phase == "skipped":
-        err.print(f"[green]=[/] {a.id}: {detail}", markup=True)
+        err.print(f"[green]=[/] {escape(a.id)}: {escape(detail)}")
     elif phase == "pending":
-        err.print(f"[yellow]⏸[/] {a.id} {tag}: pending ({detail})", markup=True)
+        tag = escape(f"[{a.actor.value}]")
+        err.print(f"[yellow]⏸[/] {escape(a.id)} {tag}: pending ({escape(detail)})")
     elif phase == "failed":
-        err.print(f"[red]✗[/] {a.id}: ", end="", markup=True)
-        err.print(detail, markup=False)
+        err.print(f"[red]✗[/] {escape(a.id)}: {escape(detail)}")
 
 
 @app.command()

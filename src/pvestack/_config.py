@@ -477,7 +477,12 @@ def parse_config(
         line = int(m.group(1)) if m else None
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise ConfigError([Problem(fname, "", f"TOML syntax: {msg}", line)]) from None
-    merged: dict[str, str] = overrides_from_env(os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    problems: list[Problem] = []
+    raw = _interpolate(raw, environ, (), problems, text, fname)
+    if problems:
+        raise ConfigError(problems)
+    merged: dict[str, str] = overrides_from_env(environ)
     merged.update(overrides or {})
     data = apply_overrides(raw, merged)
     try:
@@ -487,6 +492,51 @@ def parse_config(
     cfg._source_file = fname
     cfg._source_text = text
     return cfg
+
+
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+def _interpolate(  # noqa: PLR0917
+    node: Any,
+    env: Mapping[str, str],
+    loc: tuple[str | int, ...],
+    problems: list[Problem],
+    text: str,
+    fname: str,
+) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in string values (``$$`` is a literal ``$``).
+
+    This lets one file serve several nodes (e.g. the lab's bridge and storage
+    from ``PVESTACK_LAB_*``). Secrets are never written inline, so never expanded here.
+    """
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, (*loc, k), problems, text, fname) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, (*loc, i), problems, text, fname) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        problems.append(
+            Problem(
+                fname,
+                format_loc(loc),
+                f"${{{name}}} is not set in the environment (give a default: ${{{name}:-...}})",
+                find_line(text, loc),
+            )
+        )
+        return ""
+
+    return _VAR_RE.sub(sub, node)
 
 
 def _parse_key(key: str) -> tuple[str | int, ...]:

@@ -197,3 +197,17 @@ def test_token_secret_missing_is_secret_error(
     with pytest.raises(SecretError) as ei:
         token_secret(cfg)
     assert ei.value.hint and "PVESTACK_TOKEN_SECRET" in ei.value.hint
+
+
+def test_env_interpolation(example_text: str) -> None:
+    text = example_text.replace('bridge = "intra01"', 'bridge = "${PVESTACK_LAB_BRIDGE:-vmbr0}"')
+    text = text.replace('datastore = "local-lvm"', 'datastore = "${LAB_STORAGE}"')
+    cfg = parse_config(text, "x.toml", env={"LAB_STORAGE": "labdir"})
+    assert cfg.stack[0].network.bridge == "vmbr0" and cfg.stack[0].datastore == "labdir"
+    cfg = parse_config(text, "x.toml", env={"LAB_STORAGE": "st", "PVESTACK_LAB_BRIDGE": "lab0"})
+    assert cfg.stack[0].network.bridge == "lab0"
+    got = problems(text)
+    assert len(got) == 1
+    line, key, msg = got[0]
+    assert key == "stack[0].datastore" and "${LAB_STORAGE} is not set" in msg
+    assert text.splitlines()[line - 1].startswith("datastore")  # type: ignore[operator]

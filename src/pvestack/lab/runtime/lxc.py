@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from pvestack.lab.runtime_protocol import ExecResult
 
+DEFAULT_LAB_DIR = "/var/lib/pvestack-lab"
 DEFAULT_IDMAP = ("u 0 100000 65536", "g 0 100000 65536")
 LXC_CONFIG_DIR = Path("/usr/share/lxc/config")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -160,18 +162,25 @@ class LxcRuntime:
 
     def __init__(
         self,
-        lab_dir: Path,
+        lab_dir: Path | None = None,
         *,
         bridge_subnet: str | None = None,
         nameserver: str | None = None,
         storage_root: Path | None = None,
     ) -> None:
-        self.lab_dir = lab_dir
-        self.lxcpath = lab_dir / "lxc"
-        self.storage_root = storage_root or lab_dir / "storage"
-        self.subnet = ipaddress.IPv4Network(bridge_subnet) if bridge_subnet else None
-        self.nameserver = nameserver
-        self.subid_record = lab_dir / "state" / "subids-added"
+        """Without arguments (as the API server loads it): the lab dir from
+        ``PVESTACK_LAB_DIR`` and the bridge's subnet and DNS from ``<lab>/run/network.json``
+        (written by ``network.up``)."""
+        self.lab_dir = lab_dir or Path(os.environ.get("PVESTACK_LAB_DIR", DEFAULT_LAB_DIR))
+        self.lxcpath = self.lab_dir / "lxc"
+        self.storage_root = storage_root or self.lab_dir / "storage"
+        netinfo: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError):
+            netinfo = json.loads((self.lab_dir / "run" / "network.json").read_text())
+        subnet = bridge_subnet or netinfo.get("subnet")
+        self.subnet = ipaddress.IPv4Network(subnet) if subnet else None
+        self.nameserver = nameserver or netinfo.get("gateway")
+        self.subid_record = self.lab_dir / "state" / "subids-added"
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, vmid: int) -> Path:

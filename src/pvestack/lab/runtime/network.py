@@ -8,6 +8,7 @@ Docker engine on the host (FORWARD policy DROP) keeps working and the lab works 
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ def up(net: LabNetwork) -> None:
     if addr not in have:
         _run(["ip", "addr", "add", addr, "dev", net.bridge])
     _run(["ip", "link", "set", net.bridge, "up"])
+    info = {"bridge": net.bridge, "subnet": net.subnet, "gateway": net.gateway}
+    (net.run_dir / "network.json").write_text(json.dumps(info) + "\n")
     fwd = Path("/proc/sys/net/ipv4/ip_forward")
     if not net.forward_record.exists():
         net.forward_record.write_text(fwd.read_text())
@@ -148,6 +151,7 @@ def down(net: LabNetwork) -> None:
     if net.forward_record.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(net.forward_record.read_text())
         net.forward_record.unlink()
+    (net.run_dir / "network.json").unlink(missing_ok=True)
     for suffix in ("leases", "log", "ownpid"):
         (net.run_dir / f"dnsmasq-{net.bridge}.{suffix}").unlink(missing_ok=True)
 

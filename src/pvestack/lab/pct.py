@@ -1,0 +1,271 @@
+"""``pct`` on the lab node: Proxmox's container tool, as root@pam, on the lab's state.
+
+Syntax as on a PVE node (options as ``-key value`` or ``--key value``)::
+
+    pct set 118 -features keyctl=1,nesting=1 -mp0 /srv/data,mp=/data -delete mp1
+    pct config 118 [--current] [--snapshot NAME]
+    pct status 118 [--verbose]
+    pct start|stop|reboot|shutdown|destroy 118
+    pct exec 118 -- systemctl is-system-running
+    pct push 118 ./file /etc/file [--perms 0644] [--user root] [--group root]
+    pct pull 118 /etc/file ./file [--perms ...] [--user ...] [--group ...]
+    pct list
+
+It goes through the same backend (``Node``) as the API server, so both see one state
+(file-locked). Errors are printed as PVE's CLI does and exit with 255.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pvestack.lab.backend.auth import ROOT
+from pvestack.lab.backend.errors import PveError
+from pvestack.lab.backend.node import Node, lab_dir_from_env
+from pvestack.lab.runtime.lxc import PATH_ENV, LxcRuntime
+
+USAGE = """\
+USAGE: pct <COMMAND> [ARGS] [OPTIONS]
+       pct config <vmid> [--current] [--snapshot <name>]
+       pct set <vmid> [-<option> <value>]... [-delete <list>]
+       pct status <vmid> [--verbose]
+       pct start|stop|reboot|shutdown|destroy <vmid>
+       pct exec <vmid> [<extra-args>...]
+       pct push <vmid> <file> <destination> [--group] [--perms] [--user]
+       pct pull <vmid> <path> <destination> [--group] [--perms] [--user]
+       pct list
+"""
+_FLAGS = frozenset({"current", "verbose", "force", "purge"})
+
+
+class UsageError(Exception):
+    pass
+
+
+def node_name(lab_dir: Path) -> str:
+    try:
+        name = json.loads((lab_dir / "lab.json").read_text()).get("node")
+    except (OSError, ValueError):
+        name = None
+    return str(name or "pve")
+
+
+def make_node(lab_dir: Path | None = None) -> Node:
+    lab = lab_dir or lab_dir_from_env()
+    return Node(lab, LxcRuntime(lab), node_name(lab))
+
+
+def parse_options(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """PVE CLI arguments -> (positionals, options); ``-key value`` / ``--key value`` /
+    ``--key=value``; boolean flags without a value."""
+    pos: list[str] = []
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-") and len(a) > 1 and not a.lstrip("-")[:1].isdigit():
+            key = a.lstrip("-")
+            value: str | None = None
+            if "=" in key and a.startswith("--"):
+                key, value = key.split("=", 1)
+            if value is None:
+                if key in _FLAGS and (i + 1 >= len(args) or args[i + 1].startswith("-")):
+                    value = "1"
+                else:
+                    if i + 1 >= len(args):
+                        raise UsageError(f"option '-{key}' requires a value")
+                    i += 1
+                    value = args[i]
+            if key in opts:
+                raise UsageError(f"duplicate option '-{key}'")
+            opts[key] = value
+        else:
+            pos.append(a)
+        i += 1
+    return pos, opts
+
+
+def _vmid(pos: Sequence[str], n: int = 1) -> int:
+    if len(pos) < n or not pos[0].isdigit():
+        raise UsageError("missing or invalid <vmid>")
+    return int(pos[0])
+
+
+def _print_config(cfg: dict[str, Any]) -> None:
+    descr = cfg.pop("description", None)
+    raw = cfg.pop("lxc", [])
+    cfg.pop("digest", None)
+    if descr is not None:
+        for line in str(descr).rstrip("\n").split("\n"):
+            print(f"description: {line}")
+    for k in sorted(cfg):
+        print(f"{k}: {cfg[k]}")
+    for k, v in raw:
+        print(f"{k}: {v}")
+
+
+def _ids(user: str | None, group: str | None) -> tuple[str, str]:
+    return user or "root", group or user or "root"
+
+
+def _exec(node: Node, vmid: int, argv: Sequence[str]) -> int:
+    rt = node.runtime
+    assert isinstance(rt, LxcRuntime)
+    node.load(vmid)
+    if rt.state(vmid) != "running":
+        raise PveError(500, f"CT {vmid} not running")
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("missing command")
+    cmd = [
+        "lxc-attach", "-n", str(vmid), "-P", str(rt.lxcpath), "--clear-env",
+        "--set-var", f"PATH={PATH_ENV}", "--set-var", "HOME=/root", "--set-var", "LANG=C.UTF-8",
+        "--", *argv,
+    ]  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _push(node: Node, vmid: int, src: str, dst: str, opts: dict[str, str]) -> None:
+    node.load(vmid)
+    data = Path(src).read_bytes()
+    user, group = _ids(opts.get("user"), opts.get("group"))
+    perms = opts.get("perms", "0644")
+    mode = int(perms, 16) if perms.lower().startswith("0x") else int(perms, 8)
+    script = 'cat > "$1" && chown "$2:$3" "$1" && chmod "$4" "$1"'
+    r = node.runtime.exec(vmid, ["sh", "-c", script, "sh", dst, user, group, f"{mode:o}"], data)
+    if r.returncode != 0:
+        raise PveError(500, f"failed to push {src}: {r.stderr.decode(errors='replace').strip()}")
+
+
+def _pull(node: Node, vmid: int, src: str, dst: str, opts: dict[str, str]) -> None:
+    node.load(vmid)
+    r = node.runtime.exec(vmid, ["cat", "--", src])
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip()
+        raise PveError(500, f"failed to open {src} for reading: {msg}")
+    target = Path(dst)
+    if target.is_dir():
+        target = target / Path(src).name
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(r.stdout)
+    if "perms" in opts:
+        p = opts["perms"]
+        os.chmod(target, int(p, 16) if p.lower().startswith("0x") else int(p, 8))
+    else:
+        os.chmod(target, 0o644)
+    if "user" in opts or "group" in opts:
+        user, group = _ids(opts.get("user"), opts.get("group"))
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(target, uid, gid)
+
+
+def run(argv: Sequence[str], node: Node | None = None) -> int:
+    if not argv or argv[0] in ("help", "-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    cmd, rest = argv[0], list(argv[1:])
+    if cmd == "exec":
+        vm = rest[:1]
+        node = node or make_node()
+        return _exec(node, _vmid(vm), rest[1:])
+    pos, opts = parse_options(rest)
+    node = node or make_node()
+    if cmd == "list":
+        print(f"{'VMID':<10} {'Status':<10} {'Lock':<9} {'Name'}")
+        for vmid in node.vmids():
+            st = node.status(vmid)
+            print(f"{vmid:<10} {st['status']:<10} {st.get('lock', ''):<9} {st['name']}")
+        return 0
+    vmid = _vmid(pos)
+    if cmd == "config":
+        snapshot = opts.get("snapshot")
+        cfg = node.get_config(vmid, current=opts.get("current") == "1", snapshot=snapshot)
+        _print_config(cfg)
+    elif cmd == "set":
+        delete = [d for d in opts.pop("delete", "").replace(";", ",").split(",") if d]
+        digest = opts.pop("digest", None)
+        node.set_config(vmid, opts, delete, user=ROOT, digest=digest)
+    elif cmd == "status":
+        st = node.status(vmid)
+        if opts.get("verbose") == "1":
+            for k in sorted(st):
+                print(f"{k}: {st[k]}")
+        else:
+            print(f"status: {st['status']}")
+    elif cmd in ("start", "stop", "reboot", "shutdown", "destroy"):
+        if cmd == "start":
+            upid = node.start(vmid, user=ROOT)
+        elif cmd == "stop":
+            upid = node.stop(vmid, user=ROOT)
+        elif cmd == "reboot":
+            upid = node.reboot(vmid, user=ROOT, timeout=int(opts.get("timeout", "60")))
+        elif cmd == "shutdown":
+            upid = node.shutdown(
+                vmid,
+                user=ROOT,
+                timeout=int(opts.get("timeout", "60")),
+                force=opts.get("forceStop") == "1",
+            )
+        else:
+            upid = node.destroy(
+                vmid, user=ROOT, force=opts.get("force") == "1", purge=opts.get("purge") == "1"
+            )
+        node.wait(upid)
+    elif cmd == "push":
+        if len(pos) != 3:
+            raise UsageError("usage: pct push <vmid> <file> <destination>")
+        _push(node, vmid, pos[1], pos[2], opts)
+    elif cmd == "pull":
+        if len(pos) != 3:
+            raise UsageError("usage: pct pull <vmid> <path> <destination>")
+        _pull(node, vmid, pos[1], pos[2], opts)
+    else:
+        raise UsageError(f"unknown command 'pct {cmd}'")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = run(args)
+    except UsageError as e:
+        print(f"400 {e}\n{USAGE}", end="", file=sys.stderr)
+        code = 255
+    except PveError as e:
+        first = e.message.rstrip("\n")
+        lines = [f"{e.status} {first}" if e.status == 400 else first]
+        lines += [f"{k}: {v}" for k, v in sorted(e.errors.items())]
+        print("\n".join(lines), file=sys.stderr)
+        code = 255
+    except (OSError, ValueError, RuntimeError) as e:
+        print(str(e), file=sys.stderr)
+        code = 255
+    sys.exit(code)
+
+
+def wrapper_script(python: str, lab_dir: Path) -> str:
+    """The ``<lab>/bin/pct`` wrapper ``lab up`` installs (on the SSH session's PATH)."""
+    return (
+        "#!/bin/sh\n"
+        f"PVESTACK_LAB_DIR={shlex.quote(str(lab_dir))}\n"
+        "export PVESTACK_LAB_DIR\n"
+        f'exec {shlex.quote(python)} -m pvestack.lab.pct "$@"\n'
+    )
+
+
+if __name__ == "__main__":
+    main()

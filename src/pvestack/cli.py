@@ -191,6 +191,9 @@ def apply(
     chown_recursive: ChownOpt = False,
     insecure: InsecureOpt = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="do not run verify after a complete apply")
+    ] = False,
     api_url: ApiUrlOpt = None,
     token_id: TokenIdOpt = None,
     fingerprint: FingerprintOpt = None,
@@ -206,6 +209,7 @@ def apply(
     )  # fmt: skip
     client = _client(cfg, insecure)
     root = engine.open_root_transport(cfg)
+    report: Any = None
     try:
         reader = engine.TransportFactReader(root.transport) if root.transport else None
         result = _guard(
@@ -216,26 +220,39 @@ def apply(
         p = result.plan
         if not json_out:
             out.print(render_text(p, root_via=cfg.root.via), markup=False)
-        if not p.actions:
-            if json_out:
-                _print_json(engine.ApplyResult((), p).to_json())
-            else:
-                out.print("Nothing to do.")
-            raise typer.Exit(1 if p.refused else 0)
-        if adopt and not yes and sys.stdin.isatty():
+        if p.actions and adopt and not yes and sys.stdin.isatty():
             typer.confirm("Adopt and change the guests above?", abort=True)
-        res = _guard(
-            lambda: engine.apply(p, client, root=root, on_progress=None if json_out else _progress)
-        )
+        if p.actions:
+            res = _guard(
+                lambda: engine.apply(
+                    p, client, root=root, on_progress=None if json_out else _progress
+                )
+            )
+        else:
+            res = engine.ApplyResult((), p)
+        if not no_verify and res.exit_code == 0 and engine.verify_module() is not None:
+            if not json_out:
+                out.print("\nverify:")
+            report = _guard(lambda: engine.run_verify(cfg, client, root=root))
     finally:
         if root.transport is not None:
             root.transport.close()
+    code = res.exit_code
+    if report is not None and not report.ok:
+        code = 1
     if json_out:
         data = res.to_json()
         if res.pending and cfg.root.via == "console":
             data["console_script"] = _console_script_or_none(p, cfg)
+        data["verify"] = report.to_json() if report is not None else None
+        data["exit_code"] = code
         _print_json(data)
-        raise typer.Exit(res.exit_code)
+        raise typer.Exit(code)
+    if report is not None:
+        _print_verify(report)
+    if not p.actions:
+        out.print("No changes." if not p.refused else "Nothing done: guests refused (see above).")
+        raise typer.Exit(code)
     done = sum(1 for r in res.results if r.outcome is engine.Outcome.DONE)
     out.print(
         f"\nApply: {done} done, {len(res.pending)} pending, "
@@ -248,7 +265,7 @@ def apply(
             if script:
                 out.print("\n# --- run this in the node's shell (as root), then apply again ---")
                 out.print(script, markup=False)
-    raise typer.Exit(res.exit_code)
+    raise typer.Exit(code)
 
 
 def _console_script_or_none(p: Any, cfg: StackFile) -> str | None:
@@ -404,14 +421,18 @@ def verify(
     if json_out:
         _print_json(report.to_json())
     else:
-        for r in report.results:
-            colour = {"pass": "green", "fail": "red", "skip": "yellow"}.get(r.status.value, "")
-            out.print(f"[{colour}]{r.status.value:>4}[/] {r.stack}: {r.title}")
-            if r.evidence:
-                out.print(f"       {r.evidence}", markup=False)
-            if r.fix and r.status.value == "fail":
-                out.print(f"       fix: {r.fix}", markup=False)
+        _print_verify(report)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_verify(report: Any) -> None:
+    for r in report.results:
+        colour = {"pass": "green", "fail": "red", "skip": "yellow"}.get(r.status.value, "white")
+        out.print(f"[{colour}]{r.status.value:>4}[/] {escape(r.stack)}: {escape(r.title)}")
+        if r.evidence:
+            out.print(f"       {r.evidence}", markup=False)
+        if r.fix and r.status.value == "fail":
+            out.print(f"       fix: {r.fix}", markup=False)
 
 
 # ---------------------------------------------------------------- schema / version

@@ -319,6 +319,46 @@ def console_script(p: Plan, *, title: str) -> str:
     return render_script(root_steps(p), title=title, success_marker=CONSOLE_SUCCESS_MARKER)
 
 
+def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
+    """A poll for the console hand-off: what the plan's root steps should have changed
+    that the API does not show yet (an empty list: all there).
+
+    It reads each affected container's config and status (2 calls per container).
+    Host directories and probes are invisible to the API and are not listed.
+    """
+    wanted: dict[tuple[str, int], dict[str, str]] = {}
+    running: set[tuple[str, int]] = set()
+    for a in p.actions:
+        if a.actor is not Actor.ROOT or not a.target.startswith("lxc/"):
+            continue
+        key = (_node_of(a), _vmid_of(a))
+        if a.id.endswith(":root:pct-set"):
+            for k, v in a.after.items():
+                if v is not None:
+                    wanted.setdefault(key, {})[k] = v
+        if a.id.endswith(":ct:reboot"):
+            running.add(key)
+        wanted.setdefault(key, {})
+
+    def missing() -> list[str]:
+        out: list[str] = []
+        for (node, vmid), keys in wanted.items():
+            cfg = client.get(f"/nodes/{node}/lxc/{vmid}/config")
+            cfg = {str(k): str(v) for k, v in (cfg or {}).items()}
+            for k, v in keys.items():
+                if split_props(cfg.get(k, ""), first_key="volume") != split_props(
+                    v, first_key="volume"
+                ):
+                    out.append(f"lxc/{vmid}: {k} is {cfg.get(k)!r}, want {v!r}")
+            if (node, vmid) in running:
+                st = client.get(f"/nodes/{node}/lxc/{vmid}/status/current")
+                if not isinstance(st, dict) or st.get("status") != "running":
+                    out.append(f"lxc/{vmid}: not running")
+        return out
+
+    return missing
+
+
 # ---------------------------------------------------------------- destroy
 
 

@@ -21,6 +21,7 @@ from pvestack._engine import (
     destroy,
     destroy_plan,
     plan,
+    root_effects_missing,
 )
 from pvestack._errors import (
     PveAuthError,
@@ -344,3 +345,21 @@ def test_reads_retry_on_503_writes_do_not(pve: Any, stack_cfg: StackFile) -> Non
     with pytest.raises(PveError) as ei:
         c.post("/nodes/gihyeon/lxc/110/status/stop")
     assert ei.value.status == 503 and c.calls == 4
+
+
+def test_console_poll_lists_what_root_has_not_done_yet(
+    pve: Any, stack_cfg: StackFile, client: PveClient
+) -> None:
+    token_apply(stack_cfg, client)
+    p = plan(stack_cfg, client).plan
+    missing = root_effects_missing(client, p)
+    before = missing()
+    assert any("features" in m and "keyctl=1,nesting=1" in m for m in before)
+    assert any(m.startswith("lxc/118: mp0") for m in before)
+    # what the pasted script does on the node (root@pam: no permission check)
+    ct = pve.ct(118)
+    ct.config["features"] = "keyctl=1,nesting=1"
+    ct.config["mp0"] = "/mnt/pve/hdd/hermes,mp=/data"
+    ct.config["mp1"] = "/media/2tb/hermes,mp=/fast"
+    assert missing() == []
+    assert plan(stack_cfg, client).plan.actions == ()

@@ -158,10 +158,10 @@ def plan(
     else:
         out.print(f"pvestack plan: {cfg.source_file}", markup=False)
         out.print(render_text(p, root_via=cfg.root.via), markup=False)
+    if p.refused:  # a guest blocks a stack: the user must act
+        raise typer.Exit(1)
     if detailed_exitcode and p.changes:
         raise typer.Exit(2)
-    if p.refused and not p.actions:
-        raise typer.Exit(1 if detailed_exitcode else 0)
 
 
 # ---------------------------------------------------------------- apply

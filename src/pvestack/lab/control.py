@@ -1,0 +1,295 @@
+"""``pvestack lab up|down|status|env``: bring the whole lab node up and down.
+
+``up`` (idempotent): checks (and installs) the Debian packages it needs, builds the
+template once, brings up the bridge with dnsmasq and NAT, the template's loopback HTTP
+server, root's sshd, and the API server as a background daemon (pid file + log); creates
+the API token ``root@pam!pvestack`` and returns the connection as environment variables.
+
+``down``: removes every container, the bridge, the tagged iptables rules, the processes
+(each stopped by its pid file), and the subuid/subgid lines the lab added. The built
+template is kept in ``<lab>/www`` (``purge=True`` removes the whole lab directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pvestack.lab.runtime import network, procs, template
+from pvestack.lab.runtime.lxc import LxcRuntime, remove_recorded_subids
+from pvestack.lab.runtime.sshd import LabSshd
+
+DEFAULT_LAB_DIR = Path("/var/lib/pvestack-lab")
+TOKEN_ID = "root@pam!pvestack"  # noqa: S105 (an id, not a secret)
+ROOTDIR_STORAGE = "local-lvm"
+REQUIRED = {
+    "lxc-start": "lxc",
+    "lxc-usernsexec": "lxc",
+    "debootstrap": "debootstrap",
+    "dnsmasq": "dnsmasq-base",
+    "iptables": "iptables",
+    "sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "newuidmap": "uidmap",
+    "zstd": "zstd",
+    "ip": "iproute2",
+}
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What ``up`` chose once; kept in ``<lab>/lab.json`` so later calls agree."""
+
+    node: str = "pve"
+    api_port: int = 8006
+    ssh_port: int = 2222
+    http_port: int = 8099
+    bridge: str = network.DEFAULT_BRIDGE
+    subnet: str = network.DEFAULT_SUBNET
+
+
+def lab_dir_default() -> Path:
+    return Path(os.environ.get("PVESTACK_LAB_DIR", str(DEFAULT_LAB_DIR)))
+
+
+class Lab:
+    def __init__(self, lab_dir: Path | None = None, settings: LabSettings | None = None) -> None:
+        self.dir = lab_dir or lab_dir_default()
+        saved = self._load_settings()
+        self.settings = settings or saved or LabSettings()
+
+    # ------------------------------------------------------------------ paths and parts
+    def _load_settings(self) -> LabSettings | None:
+        try:
+            data = json.loads((self.dir / "lab.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return LabSettings(**{k: data[k] for k in LabSettings.__dataclass_fields__ if k in data})
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def www(self) -> Path:
+        return self.dir / "www"
+
+    @property
+    def net(self) -> network.LabNetwork:
+        return network.LabNetwork(self.settings.bridge, self.settings.subnet, self.run_dir)
+
+    @property
+    def sshd(self) -> LabSshd:
+        return LabSshd(self.dir, self.settings.ssh_port)
+
+    @property
+    def api_pidfile(self) -> Path:
+        return self.run_dir / "api.pid"
+
+    @property
+    def http_pidfile(self) -> Path:
+        return self.run_dir / "template-http.pid"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.dir / "secrets" / "token.json"
+
+    def runtime(self) -> LxcRuntime:
+        return LxcRuntime(self.dir, bridge_subnet=self.settings.subnet, nameserver=self.net.gateway)
+
+    # ------------------------------------------------------------------ up
+    def check_packages(self, install: bool = True) -> list[str]:
+        """Missing Debian packages (installed with apt-get when ``install``)."""
+        path = os.environ.get("PATH", "") + ":" + ":".join(_SBIN)
+        missing = sorted(
+            {pkg for tool, pkg in REQUIRED.items() if not shutil.which(tool, path=path)}
+        )
+        if missing and install:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                check=True,
+                env=env,
+            )
+            missing = sorted(
+                {pkg for tool, pkg in REQUIRED.items() if not shutil.which(tool, path=path)}
+            )
+        return missing
+
+    def up(self, *, install: bool = True, log: Any = None) -> dict[str, str]:
+        def say(msg: str) -> None:
+            if log is not None:
+                log(msg)
+
+        if os.geteuid() != 0:
+            raise LabError("pvestack lab up needs root (real LXC, a bridge, iptables)")
+        missing = self.check_packages(install)
+        if missing:
+            raise LabError("missing Debian packages: " + " ".join(missing))
+        for d in (self.dir, self.run_dir, self.www, self.dir / "bin", self.dir / "secrets"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.dir / "secrets").chmod(0o700)
+        (self.dir / "lab.json").write_text(json.dumps(asdict(self.settings), indent=1) + "\n")
+        say("template: building (once) ...")
+        tpl = template.build(self.www)
+        say(f"template: {tpl.path.name} sha512 {tpl.sha512[:16]}...")
+        network.up(self.net)
+        say(f"network: {self.settings.bridge} {self.settings.subnet} (dnsmasq, NAT)")
+        if procs.running(self.http_pidfile, "http.server") is None:
+            _need_free_port(self.settings.http_port)
+            procs.spawn(
+                template.serve_argv(self.www, self.settings.http_port),
+                self.http_pidfile,
+                self.run_dir / "template-http.log",
+            )
+            if not procs.wait_port("127.0.0.1", self.settings.http_port, 10):
+                raise LabError("the template HTTP server did not start")
+        say(f"template server: http://127.0.0.1:{self.settings.http_port}/")
+        self._install_pct()
+        if self.sshd.running() is None:
+            _need_free_port(self.settings.ssh_port)
+        self.sshd.up()
+        say(f"sshd: 127.0.0.1:{self.settings.ssh_port}")
+        self._start_api()
+        say(f"API: https://127.0.0.1:{self.settings.api_port}")
+        self._ensure_token()
+        return self.env()
+
+    def _install_pct(self) -> None:
+        from pvestack.lab.pct import wrapper_script  # noqa: PLC0415  (pct imports the backend)
+
+        pct = self.dir / "bin" / "pct"
+        pct.write_text(wrapper_script(sys.executable, self.dir))
+        pct.chmod(0o755)
+
+    def _start_api(self) -> None:
+        if procs.running(self.api_pidfile, "pvestack.lab.api.server") is not None:
+            return
+        _need_free_port(self.settings.api_port)
+        env = {**os.environ, "PVESTACK_LAB_DIR": str(self.dir)}
+        argv = [
+            sys.executable, "-m", "pvestack.lab.api.server", "--lab-dir", str(self.dir),
+            "--host", "127.0.0.1", "--port", str(self.settings.api_port),
+            "--node", self.settings.node, "--runtime", "pvestack.lab.runtime.lxc:LxcRuntime",
+        ]  # fmt: skip
+        procs.spawn(argv, self.api_pidfile, self.run_dir / "api.log", env=env)
+        if not procs.wait_port("127.0.0.1", self.settings.api_port, 30):
+            procs.stop(self.api_pidfile, "pvestack.lab.api.server")
+            raise LabError(f"the API server did not start; see {self.run_dir / 'api.log'}")
+
+    def _auth(self) -> Any:
+        from pvestack.lab.backend.auth import AuthStore  # noqa: PLC0415
+
+        return AuthStore(self.dir / "etc" / "pve" / "lab-auth.json")
+
+    def _ensure_token(self) -> None:
+        auth = self._auth()
+        secret: str | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            secret = json.loads(self.secrets_file.read_text())["secret"]
+        if secret is not None:
+            try:
+                auth.check_token(f"PVEAPIToken={TOKEN_ID}={secret}")
+            except Exception:
+                secret = None
+        if secret is None:
+            secret = str(auth.add_token(TOKEN_ID, privsep=False))
+        fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tokenid": TOKEN_ID, "secret": secret}, f)
+        self.secrets_file.chmod(0o600)
+
+    # ------------------------------------------------------------------ env / status
+    def env(self) -> dict[str, str]:
+        try:
+            secret = json.loads(self.secrets_file.read_text())["secret"]
+        except (OSError, ValueError, KeyError) as e:
+            raise LabError("the lab is not up (no token yet): run `pvestack lab up`") from e
+        from pvestack.lab.api.server import fingerprint  # noqa: PLC0415
+
+        tpl = template.cached(self.www)
+        s = self.settings
+        env = {
+            "PVESTACK_API_URL": f"https://127.0.0.1:{s.api_port}",
+            "PVESTACK_TOKEN_ID": TOKEN_ID,
+            "PVESTACK_TOKEN_SECRET": secret,
+            "PVESTACK_FINGERPRINT": fingerprint(self.dir / "etc/pve/local/pve-ssl.pem"),
+            "PVESTACK_NODE": s.node,
+            "PVESTACK_SSH_HOST": "127.0.0.1",
+            "PVESTACK_SSH_PORT": str(s.ssh_port),
+            "PVESTACK_SSH_USER": "root",
+            "PVESTACK_SSH_KEY": str(self.sshd.client_key),
+            "PVESTACK_SSH_KNOWN_HOSTS": str(self.sshd.known_hosts),
+            "PVESTACK_LAB_DIR": str(self.dir),
+            "PVESTACK_LAB_BRIDGE": s.bridge,
+            "PVESTACK_LAB_ROOTDIR_STORAGE": ROOTDIR_STORAGE,
+            "PVESTACK_LAB_TEMPLATE_URL": f"http://127.0.0.1:{s.http_port}/{template.TEMPLATE_NAME}",
+        }
+        if tpl is not None:
+            env["PVESTACK_LAB_TEMPLATE_SHA512"] = tpl.sha512
+        return env
+
+    def status(self) -> dict[str, Any]:
+        rt = self.runtime()
+        return {
+            "lab_dir": str(self.dir),
+            "network": network.status(self.net),
+            "template_http_pid": procs.running(self.http_pidfile, "http.server"),
+            "sshd_pid": self.sshd.running(),
+            "api_pid": procs.running(self.api_pidfile, "pvestack.lab.api.server"),
+            "template": str(t.path) if (t := template.cached(self.www)) else None,
+            "containers": {str(v): rt.state(v) for v in rt.containers()},
+        }
+
+    # ------------------------------------------------------------------ down
+    def down(self, *, purge: bool = False) -> None:
+        procs.stop(self.api_pidfile, "pvestack.lab.api.server")
+        self._remove_containers()
+        self.sshd.down()
+        procs.stop(self.http_pidfile, "http.server")
+        network.down(self.net)
+        remove_recorded_subids(self.dir / "state" / "subids-added")
+        if purge:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for name in ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state"):
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+        (self.dir / "lab.json").unlink(missing_ok=True)
+
+    def _remove_containers(self) -> None:
+        rt = self.runtime()
+        if (self.dir / "etc" / "pve").is_dir():
+            from pvestack.lab.backend.node import Node  # noqa: PLC0415
+
+            with contextlib.suppress(Exception):
+                Node(self.dir, rt, self.settings.node).reset()
+        for vmid in rt.containers():
+            rt.destroy(vmid)
+
+
+def _need_free_port(port: int) -> None:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise LabError(f"port 127.0.0.1:{port} is taken by another program")
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    import shlex  # noqa: PLC0415
+
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())

@@ -161,11 +161,6 @@ def plan(
     actions: list[Action] = []
     refused: list[str] = []
     warnings: list[str] = []
-    if _root_steps() is None:
-        warnings.append(
-            "root step builders (pvestack._steps.root) are not available yet: "
-            "root actions are listed but carry no commands"
-        )
     for spec in _ordered(desired.stacks):
         obs = observed.stack(spec.name)
         p = _StackPlanner(spec, obs, adopt=adopt, chown_recursive=chown_recursive)
@@ -173,6 +168,11 @@ def plan(
         actions.extend(p.actions)
         refused.extend(p.refused)
         warnings.extend(p.warnings)
+    if _root_steps() is None and any(a.actor is Actor.ROOT for a in actions):
+        warnings.append(
+            "root step builders (pvestack._steps.root) are not available yet: "
+            "root actions are listed but carry no commands"
+        )
     return Plan(actions=tuple(actions), refused=tuple(refused), warnings=tuple(warnings))
 
 

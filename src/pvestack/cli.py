@@ -141,6 +141,8 @@ def plan(
     client = _client(cfg, insecure)
     root = engine.open_root_transport(cfg) if cfg.root.via == "ssh" else None
     reader = engine.TransportFactReader(root.transport) if root and root.transport else None
+    if root is not None and root.transport is None:
+        err.print("[bold yellow]warning:[/] host facts not read: " + escape(root.reason))
     try:
         result = _guard(
             lambda: engine.plan(
@@ -209,6 +211,8 @@ def apply(
     )  # fmt: skip
     client = _client(cfg, insecure)
     root = engine.open_root_transport(cfg)
+    if root.transport is None and root.via == "ssh":
+        err.print("[bold yellow]warning:[/] " + escape(root.reason))
     report: Any = None
     try:
         reader = engine.TransportFactReader(root.transport) if root.transport else None

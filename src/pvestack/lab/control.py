@@ -7,7 +7,7 @@ the API token ``root@pam!pvestack`` and returns the connection as environment va
 
 ``down``: removes every container, the bridge, the tagged iptables rules, the processes
 (each stopped by its pid file), and the subuid/subgid lines the lab added. The built
-template is kept in ``<lab>/www`` (``purge=True`` removes the whole lab directory).
+template is kept in ``<lab>/cache`` (``purge=True`` removes the whole lab directory).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Lab:
 
     @property
     def www(self) -> Path:
-        return self.dir / "www"
+        return self.dir / "cache"
 
     @property
     def net(self) -> network.LabNetwork:

@@ -93,47 +93,93 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+SUBID_LEDGER = Path("/var/lib/misc/pvestack-lab-subids")
+
+
+def _ledger_for(etc: Path) -> Path:
+    return SUBID_LEDGER if etc == Path("/etc") else etc / "pvestack-lab-subids"
+
+
+def _read_ledger(ledger: Path) -> list[tuple[str, str, str]]:
+    if not ledger.exists():
+        return []
+    out = []
+    for entry in ledger.read_text().splitlines():
+        parts = entry.split(" ", 2)
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def _write_ledger(ledger: Path, entries: Sequence[tuple[str, str, str]]) -> None:
+    if not entries:
+        ledger.unlink(missing_ok=True)
+        return
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text("".join(f"{a} {b} {c}\n" for a, b, c in entries))
+
+
 def ensure_subids(ranges: Sequence[IdRange], record: Path, etc: Path = Path("/etc")) -> None:
-    """Allow root the host ids of ``ranges`` in /etc/subuid and /etc/subgid (as PVE requires);
-    lines added are appended to ``record`` so ``lab down`` can remove exactly them."""
-    for kind, fname in (("u", "subuid"), ("g", "subgid")):
-        f = etc / fname
-        with _locked(record.with_suffix(".lock")):
+    """Allow root the host ids of ``ranges`` in /etc/subuid and /etc/subgid (as PVE requires).
+
+    Lines a lab adds are noted in a machine-wide ledger under the lab's ``record`` (its
+    owner key), so ``remove_recorded_subids`` removes a line only when no other lab on the
+    machine still uses it, and never a line the administrator had before."""
+    ledger = _ledger_for(etc)
+    owner = str(record)
+    with _locked(etc / "subuid"):
+        entries = _read_ledger(ledger)
+        for kind, fname in (("u", "subuid"), ("g", "subgid")):
+            f = etc / fname
             text = f.read_text() if f.exists() else ""
-            have: list[tuple[int, int]] = []
+            have: list[tuple[int, int, str]] = []
             for line in text.splitlines():
                 parts = line.split(":")
                 if len(parts) == 3 and parts[0] in ("root", "0"):
                     with contextlib.suppress(ValueError):
-                        have.append((int(parts[1]), int(parts[2])))
+                        have.append((int(parts[1]), int(parts[2]), line))
             for r in ranges:
                 if r.kind != kind:
                     continue
-                if any(s <= r.host and r.host + r.count <= s + n for s, n in have):
+                covering = [ln for s, n, ln in have if s <= r.host and r.host + r.count <= s + n]
+                if covering:
+                    ours = [ln for ln in covering if any(e[:2] == (fname, ln) for e in entries)]
+                    if (
+                        ours
+                        and len(ours) == len(covering)
+                        and (fname, ours[0], owner) not in entries
+                    ):
+                        entries.append((fname, ours[0], owner))
                     continue
                 line = f"root:{r.host}:{r.count}"
                 if text and not text.endswith("\n"):
                     text += "\n"
                 text += line + "\n"
-                have.append((r.host, r.count))
-                with record.open("a") as rec:
-                    rec.write(f"{fname} {line}\n")
+                have.append((r.host, r.count, line))
+                entries.append((fname, line, owner))
             f.write_text(text)
+        _write_ledger(ledger, entries)
 
 
 def remove_recorded_subids(record: Path, etc: Path = Path("/etc")) -> None:
-    if not record.exists():
-        return
-    for entry in record.read_text().splitlines():
-        fname, _, line = entry.partition(" ")
-        f = etc / fname
-        if not f.exists():
-            continue
-        lines = f.read_text().splitlines()
-        if line in lines:
-            lines.remove(line)
-            f.write_text("".join(x + "\n" for x in lines))
-    record.unlink()
+    """Drop the lab's (``record``) claims; remove lines no lab claims any more."""
+    ledger = _ledger_for(etc)
+    owner = str(record)
+    with _locked(etc / "subuid"):
+        entries = _read_ledger(ledger)
+        mine = [e for e in entries if e[2] == owner]
+        rest = [e for e in entries if e[2] != owner]
+        for fname, line, _ in mine:
+            if any(e[:2] == (fname, line) for e in rest):
+                continue
+            f = etc / fname
+            if not f.exists():
+                continue
+            lines = f.read_text().splitlines()
+            if line in lines:
+                lines.remove(line)
+                f.write_text("".join(x + "\n" for x in lines))
+        _write_ledger(ledger, rest)
 
 
 def _safe_write(

@@ -60,6 +60,7 @@ class LabSshd:
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
+            "StrictModes no",  # our own 0700 dir; the lab dir may sit under /tmp
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "UsePAM no",

@@ -1,0 +1,95 @@
+"""Helpers of the lab tests (root + real LXC)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pvestack.lab.control import Lab, LabSettings
+from pvestack.lab.runtime import template
+
+SHARED_TEMPLATE_DIR = Path("/var/lib/pvestack-lab/cache")
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "lab tests need root (real LXC, a bridge, iptables)"
+    for tool in ("lxc-start", "lxc-usernsexec", "dnsmasq", "iptables", "debootstrap"):
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+            return f"lab tests need {tool} (make setup)"
+    return None
+
+
+def seed_template(www: Path) -> None:
+    """Reuse a template another lab on this machine already built (saves the debootstrap)."""
+    have = template.cached(SHARED_TEMPLATE_DIR)
+    if have is None or template.cached(www) is not None:
+        return
+    www.mkdir(parents=True, exist_ok=True)
+    for p in (have.path, have.path.with_name(have.path.name + ".sha512")):
+        shutil.copy2(p, www / p.name)
+
+
+def make_lab(tmp: Path, n: int) -> Lab:
+    settings = LabSettings(
+        node="labtest",
+        api_port=18006 + n,
+        ssh_port=12222 + n,
+        http_port=18099 + n,
+        bridge=f"pvlabt{n}",
+        subnet=f"10.78.{n}.0/24",
+    )
+    lab = Lab(tmp, settings)
+    seed_template(lab.www)
+    return lab
+
+
+class Api:
+    """A minimal PVE API client for the tests (token auth, the lab's certificate as CA)."""
+
+    def __init__(self, env: dict[str, str], cafile: Path) -> None:
+        self.base = env["PVESTACK_API_URL"] + "/api2/json"
+        self.node = env["PVESTACK_NODE"]
+        self.s = requests.Session()
+        self.s.verify = str(cafile)
+        tok = f"PVEAPIToken={env['PVESTACK_TOKEN_ID']}={env['PVESTACK_TOKEN_SECRET']}"
+        self.s.headers["Authorization"] = tok
+
+    def call(self, method: str, path: str, **params: Any) -> requests.Response:
+        url = self.base + path.replace("{node}", self.node)
+        if method == "GET":
+            return self.s.get(url, params=params, timeout=60)
+        return self.s.request(method, url, data=params, timeout=60)
+
+    def ok(self, method: str, path: str, **params: Any) -> Any:
+        r = self.call(method, path, **params)
+        assert r.status_code == 200, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json()["data"]
+
+    def wait(self, upid: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st: dict[str, Any] = self.ok("GET", f"/nodes/{{node}}/tasks/{upid}/status")
+            if st["status"] == "stopped":
+                return st
+            time.sleep(0.5)
+        raise AssertionError(f"task {upid} still running after {timeout}s")
+
+
+def ssh(
+    env: dict[str, str], command: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Root on the lab node over SSH, the way pvestack's SSH path reaches a PVE node."""
+    argv = [
+        "ssh", "-p", env["PVESTACK_SSH_PORT"], "-i", env["PVESTACK_SSH_KEY"],
+        "-o", f"UserKnownHostsFile={env['PVESTACK_SSH_KNOWN_HOSTS']}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+        f"{env['PVESTACK_SSH_USER']}@{env['PVESTACK_SSH_HOST']}", command,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

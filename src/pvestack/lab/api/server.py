@@ -244,8 +244,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise PveError(501, f"Method '{method} {path}' not implemented")
             api_path = path[len(PREFIX) :] or "/"
             params = _pairs(url.query)
-            body = self._body()
-            params.update(body)
+            params.update(self._body())
             self._api(method, api_path, params)
         except PveError as e:
             self._error(e)
@@ -256,21 +255,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.record(method, self.path, time.monotonic() - started)
 
     def _api(self, method: str, api_path: str, params: dict[str, Any]) -> None:
+        """As pve-http-server's rest_handler: find the handler (else 501), merge the URI
+        parameters (a duplicate is a 400), check the permissions, then the method
+        validates its parameters and runs."""
         node = self.server.node
         match = resolve(api_path)
         world = match is not None and match.template == "/access/ticket"
         who = None if world else self._authenticate(method)
         if match is None or (method, match.template) not in ROUTES:
-            raise PveError(501, f"Method '{method} {PREFIX}{api_path}' not implemented")
+            raise PveError(501, f"Method '{method} {api_path}' not implemented")
         schema = method_schema(match.template, method)
         for k, v in match.params.items():
+            if k in params:
+                raise PveError(400, "Parameter verification failed.",
+                               {k: "duplicate parameter (already defined in URI)"})  # fmt: skip
             params[k] = v
-        values = validate(schema, params)
-        check = (schema.get("permissions") or {}).get("check")
-        if check and who is not None:
-            node.auth.check(who, check, values)
         if who is not None and who.token is not None and not schema.get("allowtoken", 1):
             raise PveError(403, "Permission check failed (API token not allowed)")
+        check = (schema.get("permissions") or {}).get("check")
+        if check and who is not None and not who.is_root:
+            node.auth.check(who, check, params)
+        values = validate(schema, params)
         handler = ROUTES[(method, match.template)]
         data = handler(handlers.Request(node, who, values, method, match.template))
         if isinstance(data, handlers.Answer):

@@ -3,9 +3,10 @@
 The API server and ``pct`` (a separate process, as root@pam) both use a ``Node`` on the
 same lab directory; state changes happen under one ``fcntl`` lock on
 ``<lab>/etc/pve/.lock``. Container configs are ``<lab>/etc/pve/lxc/<vmid>.conf`` in PVE's
-format (see ``conf``). Real containers are made by the injected ``Runtime``; the config
-handed to ``Runtime.start`` has storage volumes resolved to absolute directory paths
-(``rootfs: /.../images/100/vm-100-disk-0,size=8G``; bind mounts stay as they are).
+format (see ``conf``). Real containers are made by the injected ``Runtime``; it gets the
+config's options as they are stored (volume ids such as ``local-lvm:vm-100-disk-0``, whose
+directory is ``<lab>/storage/local-lvm/images/100/vm-100-disk-0``; see ``storage``) and the
+raw ``lxc.*`` lines.
 """
 
 from __future__ import annotations
@@ -705,11 +706,15 @@ class Node:
     def _do_start(self, vmid: int, log: TaskLog) -> None:
         if is_true(self.load(vmid).main.options.get("template")):
             raise PveError(500, "you can't start a CT if it's a template")
-        opts, raw = self.runtime_conf(vmid)
+        c = self.load(vmid)
+        opts, raw = dict(c.main.options), list(c.main.raw)
         try:
             self.runtime.start(vmid, opts, raw)
         except RuntimeError as e:
-            raise PveError(500, f"startup for container '{vmid}' failed: {e}") from e
+            text = str(e)
+            if not text.startswith("startup for container"):
+                text = f"startup for container '{vmid}' failed: {text}"
+            raise PveError(500, text) from e
         self._started[vmid] = time.time()
 
     def stop(self, vmid: int, *, user: str | Identity = ROOT) -> str:

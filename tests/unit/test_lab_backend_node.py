@@ -1,0 +1,286 @@
+"""The lab node without HTTP and without root: PVE's rules, config on disk, tasks, storages.
+
+The runtime here is a small in-memory one (it extracts the template with tarfile and keeps
+'running' in a dict); the real LXC runtime is exercised by tests/contract/test_lab_contract.py
+and tests/lab."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from pvestack.lab.backend.auth import Identity
+from pvestack.lab.backend.errors import PveError
+from pvestack.lab.backend.node import Node
+from pvestack.lab.runtime_protocol import ExecResult
+
+TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
+OSTEMPLATE = f"local:vztmpl/{TEMPLATE}"
+TOKEN = Identity("pvestack@pve", "deploy")
+
+
+class StubRuntime:
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[dict[str, str], list[tuple[str, str]]]] = {}
+        self.destroyed: list[int] = []
+        self.fail_start: str | None = None
+
+    def create_rootfs(
+        self, vmid: int, template: Path, rootfs: Path, idmap: Sequence[str], unprivileged: bool
+    ) -> None:
+        with tarfile.open(template) as t:
+            t.extractall(rootfs, filter="data")
+
+    def start(self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]) -> None:
+        if self.fail_start:
+            raise RuntimeError(self.fail_start)
+        self.running[vmid] = (dict(conf), list(raw_lxc))
+
+    def stop(self, vmid: int) -> None:
+        self.running.pop(vmid, None)
+
+    def shutdown(self, vmid: int, timeout: int) -> None:
+        self.running.pop(vmid, None)
+
+    def state(self, vmid: int) -> str:
+        return "running" if vmid in self.running else "stopped"
+
+    def pid(self, vmid: int) -> int | None:
+        return 4242 if vmid in self.running else None
+
+    def exec(
+        self,
+        vmid: int,
+        argv: Sequence[str],
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        return ExecResult(0, b"", b"")
+
+    def destroy(self, vmid: int) -> None:
+        self.destroyed.append(vmid)
+
+    def ip_address(self, vmid: int) -> str | None:
+        return None
+
+
+def make_template(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in (
+            ("./etc/hostname", b"localhost\n"),
+            ("./etc/os-release", b"ID=debian\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def runtime() -> StubRuntime:
+    return StubRuntime()
+
+
+@pytest.fixture
+def node(tmp_path: Path, runtime: StubRuntime) -> Node:
+    make_template(tmp_path / "storage" / "local" / "template" / "cache" / TEMPLATE)
+    n = Node(tmp_path, runtime, "pve")
+    n.auth.add_token("pvestack@pve!deploy", "s")
+    n.auth.grant(
+        "pvestack@pve",
+        "/",
+        [
+            "VM.Allocate",
+            "VM.Audit",
+            "VM.Config.Disk",
+            "VM.Config.Options",
+            "VM.Config.Network",
+            "VM.Config.Memory",
+            "VM.PowerMgmt",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+    )
+    return n
+
+
+def create(node: Node, vmid: int = 100, **extra: object) -> None:
+    params = {"vmid": vmid, "ostemplate": OSTEMPLATE, "rootfs": "local-lvm:4", **extra}
+    node.wait(node.create(params, user=TOKEN), 10)
+
+
+def error(fn: object, *args: object, **kw: object) -> tuple[int, str]:
+    with pytest.raises(PveError) as e:
+        fn(*args, **kw)  # type: ignore[operator]
+    return e.value.status, e.value.message
+
+
+def test_create_writes_pve_config_and_volume(node: Node, tmp_path: Path) -> None:
+    create(
+        node,
+        features="nesting=1",
+        tags="Web;api",
+        hostname="hermes",
+        net0="name=eth0,bridge=vmbr0,ip=dhcp",
+        **{"ssh-public-keys": "ssh-ed25519 AAAA x"},
+    )
+    text = (tmp_path / "etc/pve/lxc/100.conf").read_text()
+    assert "rootfs: local-lvm:vm-100-disk-0,size=4G\n" in text
+    assert "unprivileged: 1\n" in text and "features: nesting=1\n" in text
+    assert "tags: api;web\n" in text and "ostype: debian\n" in text
+    cfg = node.get_config(100)
+    assert cfg["net0"].startswith("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:")
+    assert cfg["net0"].endswith(",ip=dhcp,type=veth")
+    assert cfg["memory"] == 512 and cfg["unprivileged"] == 1 and len(cfg["digest"]) == 40
+    volume = tmp_path / "storage/local-lvm/images/100/vm-100-disk-0"
+    assert (volume / "etc/os-release").read_text() == "ID=debian\n"
+    assert (volume / "root/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAA x\n"
+    assert node.storage_content("local-lvm", None, None)[0]["volid"] == "local-lvm:vm-100-disk-0"
+    assert error(create, node) == (500, "CT 100 already exists on node 'pve'")
+
+
+def test_create_of_a_missing_template_fails_in_the_task(node: Node, tmp_path: Path) -> None:
+    upid = node.create({"vmid": 101, "ostemplate": "local:vztmpl/none.tar.zst"}, user=TOKEN)
+    status, message = error(node.wait, upid, 10)
+    assert status == 500 and message.startswith("unable to create CT 101 - volume")
+    assert not (tmp_path / "etc/pve/lxc/101.conf").exists()
+    assert not (tmp_path / "storage/local-lvm/images/101").exists()
+
+
+def test_root_sets_what_a_token_may_not(node: Node) -> None:
+    create(node)
+    assert error(node.set_config, 100, {"features": "keyctl=1,nesting=1"}, user=TOKEN)[0] == 403
+    node.set_config(100, {"features": "nesting=1,keyctl=1", "mp0": "/srv/hermes,mp=/opt/data"})
+    cfg = node.get_config(100)
+    assert cfg["features"] == "keyctl=1,nesting=1"
+    assert cfg["mp0"] == "/srv/hermes,mp=/opt/data"
+    node.set_config(100, {}, ["mp0"])
+    assert "mp0" not in node.get_config(100)
+
+
+def test_new_volume_mount_point_for_a_token(node: Node, tmp_path: Path) -> None:
+    create(node)
+    node.set_config(100, {"mp0": "local-lvm:2,mp=/data,backup=0"}, user=TOKEN)
+    assert node.get_config(100)["mp0"] == "local-lvm:vm-100-disk-1,mp=/data,backup=0,size=2G"
+    assert (tmp_path / "storage/local-lvm/images/100/vm-100-disk-1").is_dir()
+    node.set_config(100, {}, ["mp0"], user=TOKEN)
+    assert node.get_config(100)["unused0"] == "local-lvm:vm-100-disk-1"
+
+
+def test_config_update_errors(node: Node) -> None:
+    create(node)
+    assert error(node.set_config, 100, {"unprivileged": 0}) == (
+        500,
+        "unable to modify read-only option: 'unprivileged'",
+    )
+    assert error(node.set_config, 100, {}, ["unprivileged"]) == (
+        500,
+        "unable to delete read-only option: 'unprivileged'",
+    )
+    assert error(node.set_config, 100, {}) == (500, "no options specified")
+    assert error(node.set_config, 100, {"memory": 1024}, digest="0" * 40) == (
+        500,
+        "detected modified configuration - file changed by other user? Try again.",
+    )
+    assert error(node.set_config, 100, {"memory": 1024}, ["memory"])[0] == 400
+    assert error(node.get_config, 999) == (
+        500,
+        "Configuration file 'nodes/pve/lxc/999.conf' does not exist",
+    )
+
+
+def test_raw_lxc_lines_survive_api_updates(node: Node, tmp_path: Path) -> None:
+    create(node)
+    path = tmp_path / "etc/pve/lxc/100.conf"
+    path.write_text(path.read_text() + "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n")
+    node.set_config(100, {"memory": 2048}, user=TOKEN)
+    text = path.read_text()
+    assert "memory: 2048\n" in text and text.count("lxc.idmap: ") == 2
+    assert node.get_config(100)["lxc"] == [
+        ["lxc.idmap", "u 0 100000 65536"],
+        ["lxc.idmap", "g 0 100000 65536"],
+    ]
+
+
+def test_power_rules_and_messages(node: Node, runtime: StubRuntime) -> None:
+    create(node, memory=256)
+    assert error(node.stop, 100) == (500, "CT 100 not running")
+    assert error(node.reboot, 100) == (500, "VM 100 not running")
+    node.wait(node.start(100, user=TOKEN), 10)
+    conf, _ = runtime.running[100]
+    assert conf["rootfs"] == "local-lvm:vm-100-disk-0,size=4G" and conf["memory"] == "256"
+    assert node.status(100)["status"] == "running" and node.status(100)["pid"] == 4242
+    assert error(node.start, 100, user=TOKEN) == (500, "CT 100 already running")
+    assert error(node.destroy, 100, user=TOKEN) == (
+        500,
+        "unable to destroy CT 100 - container is running",
+    )
+    node.wait(node.reboot(100), 10)
+    node.wait(node.shutdown(100, user=TOKEN), 10)
+    assert node.status(100)["status"] == "stopped"
+    node.wait(node.destroy(100, user=TOKEN), 10)
+    assert runtime.destroyed == [100] and node.vmids() == []
+
+
+def test_failing_start_is_a_task_error(node: Node, runtime: StubRuntime) -> None:
+    create(node)
+    runtime.fail_start = "lxc-start: no such bridge"
+    upid = node.start(100)
+    assert error(node.wait, upid, 10) == (
+        500,
+        "startup for container '100' failed: lxc-start: no such bridge",
+    )
+    runtime.fail_start = None
+    node.fail_next_task("vzstart", "injected")
+    assert error(node.wait, node.start(100), 10) == (500, "injected")
+    node.wait(node.start(100), 10)
+
+
+def test_snapshot_and_rollback_restore_files(node: Node, tmp_path: Path) -> None:
+    create(node)
+    etc = tmp_path / "storage/local-lvm/images/100/vm-100-disk-0/etc"
+    node.wait(node.snapshot(100, "before", user=TOKEN, description="clean"), 10)
+    (etc / "hostname").write_text("changed\n")
+    node.set_config(100, {"memory": 1024})
+    assert [s["name"] for s in node.snapshot_list(100)] == ["before", "current"]
+    assert node.snapshot_list(100)[1]["parent"] == "before"
+    node.wait(node.rollback(100, "before"), 10)
+    assert (etc / "hostname").read_text() == "localhost\n"
+    assert node.get_config(100)["memory"] == 512
+    assert error(node.wait, node.snapshot(100, "before"), 10) == (
+        500,
+        "snapshot name 'before' already used",
+    )
+    node.wait(node.delete_snapshot(100, "before"), 10)
+    assert [s["name"] for s in node.snapshot_list(100)] == ["current"]
+    assert "parent" not in node.get_config(100)
+
+
+def test_two_nodes_on_one_directory_share_state(node: Node, tmp_path: Path) -> None:
+    """``pct`` is another process with its own Node on the same lab directory."""
+    create(node)
+    pct = Node(tmp_path, StubRuntime(), "pve")
+    pct.set_config(100, {"features": "nesting=1,keyctl=1"}, user="root@pam")
+    assert node.get_config(100)["features"] == "keyctl=1,nesting=1"
+    assert pct.auth.check_token("PVEAPIToken=pvestack@pve!deploy=s") == TOKEN
+
+
+def test_tasks_list_and_visibility(node: Node) -> None:
+    create(node)
+    node.wait(node.start(100), 10)
+    mine = node.task_list(TOKEN, {})
+    assert [t["type"] for t in mine] == ["vzcreate"]
+    everything = node.task_list(Identity("root@pam"), {"vmid": 100})
+    assert {t["type"] for t in everything} == {"vzcreate", "vzstart"}
+    assert all(t["status"] == "OK" for t in everything)
+
+
+def test_nextid(node: Node) -> None:
+    assert node.nextid() == "100"
+    create(node)
+    assert node.nextid() == "101"
+    assert error(node.nextid, 100) == (400, "Parameter verification failed.")

@@ -283,9 +283,9 @@ def test_changed_bind_mount_goes_to_root(example_desired: DesiredState) -> None:
 def test_custom_idmap_is_a_root_step(example_text: str, make_desired: Any) -> None:
     text = example_text.replace(
         "[stack.network]",
-        'idmap = ["u 0 100000 65536", "g 0 100000 65536", "u 65536 165536 1000"]\n\n[stack.network]',
+        'idmap = ["u 0 100000 65536", "g 0 100000 65536", "u 65536 165536 1000"]\n'
+        "\n[stack.network]",
     )
-    # an array line right after a table key would belong to the table; put it before it
     p = plan(make_desired(text), observed(CONVERGED))
     a = next(a for a in p.actions if a.id == "hermes:root:idmap")
     assert a.actor is Actor.ROOT
@@ -403,7 +403,9 @@ def test_stacks_ordered_by_depends_on(example_text: str, make_desired: Any) -> N
         .replace("vmid = 118", "vmid = 117")
     )
     text = (
-        text.replace('\nname = "hermes"', '\nname = "hermes"\ndepends_on = ["gateway"]') + "\n" + second
+        text.replace('\nname = "hermes"', '\nname = "hermes"\ndepends_on = ["gateway"]')
+        + "\n"
+        + second
     )
     d = make_desired(text)
     obs = ObservedState(

@@ -105,7 +105,6 @@ class Node:
         self.storages.ensure()
         self._thread_lock = threading.RLock()
         self._fail_next: dict[str, str] = {}
-        self._started: dict[int, float] = {}
 
     # ------------------------------------------------------------------ locking and files
 
@@ -417,20 +416,18 @@ class Node:
             m = re.search(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)", o["rootfs"])
             if m:
                 size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
-        started = self._started.get(vmid)
+        pid = self.runtime.pid(vmid) if running else None
         out: dict[str, Any] = {
             "vmid": vmid, "name": o.get("hostname", f"CT{vmid}"), "type": "lxc",
             "status": "running" if running else "stopped",
             "cpus": int(o.get("cores", str(os.cpu_count() or 1))), "maxmem": mem, "maxswap": swap,
             "maxdisk": size, "disk": 0, "mem": 0, "swap": 0, "cpu": 0, "netin": 0, "netout": 0,
             "diskread": 0, "diskwrite": 0,
-            "uptime": int(time.time() - started) if running and started else 0,
+            "uptime": _process_uptime(pid) if pid else 0,
             "ha": {"managed": 0},
         }  # fmt: skip
-        if running:
-            pid = self.runtime.pid(vmid)
-            if pid:
-                out["pid"] = pid
+        if pid:
+            out["pid"] = pid
         if o.get("tags"):
             out["tags"] = o["tags"]
         if o.get("lock"):
@@ -715,7 +712,6 @@ class Node:
             if not text.startswith("startup for container"):
                 text = f"startup for container '{vmid}' failed: {text}"
             raise PveError(500, text) from e
-        self._started[vmid] = time.time()
 
     def stop(self, vmid: int, *, user: str | Identity = ROOT) -> str:
         who = as_identity(user)
@@ -725,7 +721,6 @@ class Node:
 
         def body(log: TaskLog) -> None:
             self.runtime.stop(vmid)
-            self._started.pop(vmid, None)
 
         return self._task("vzstop", vmid, who, body)
 
@@ -744,7 +739,6 @@ class Node:
                 if not force:
                     raise PveError(500, "container did not stop")
                 self.runtime.stop(vmid)
-            self._started.pop(vmid, None)
 
         return self._task("vzshutdown", vmid, who, body)
 
@@ -783,7 +777,6 @@ class Node:
                 self.runtime.stop(vmid)
             self._update_main(vmid, lock="destroyed")
             self._purge(vmid)
-            self._started.pop(vmid, None)
 
         return self._task("vzdestroy", vmid, who, body)
 
@@ -915,7 +908,6 @@ class Node:
             if self._running(vmid):
                 log.write(f"stopping CT {vmid}")
                 self.runtime.stop(vmid)
-                self._started.pop(vmid, None)
             self._update_main(vmid, lock="rollback")
             snap = self.load(vmid).snapshots[snapname]
             for volid in self._volumes(snap.options):
@@ -999,7 +991,6 @@ class Node:
                     self.runtime.stop(vmid)
             self._purge(vmid)
         shutil.rmtree(self.tasks.root, ignore_errors=True)
-        self._started.clear()
         self.reset_faults()
 
     def new_token(self, tokenid: str, *, privsep: bool = False) -> str:
@@ -1021,6 +1012,16 @@ def _task_visible(
     if owner == who.authid or (who.token is None and owner.partition("!")[0] == who.user):
         return True
     return auth.allowed(who, f"/nodes/{node}", priv)
+
+
+def _process_uptime(pid: int) -> int:
+    """Seconds since ``pid`` started (the container's init), from /proc."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return max(0, int(boot - ticks / os.sysconf("SC_CLK_TCK")))
 
 
 def _is_loopback(host: str) -> bool:

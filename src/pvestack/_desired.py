@@ -7,6 +7,7 @@ features/volume mounts, and what is compared with ``GET .../config``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -224,7 +225,16 @@ def _app_spec(cfg: StackFile, index: int, secrets: Mapping[str, Secret]) -> AppS
         return None
     try:
         app_cfg = load_app(st.app, stack_name=st.name)
-        spec: Any = render_app(app_cfg, stack=st, secrets=secrets)
+        offered: dict[str, Any] = {
+            "stack_name": st.name,
+            "secrets": secrets,
+            "context": container_spec(st),
+            "stack": st,
+        }
+        params = inspect.signature(render_app).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+        spec: Any = render_app(app_cfg, **kwargs)
     except ConfigError as e:
         raise ConfigError([_app_problem(cfg, index, p) for p in e.problems]) from None
     return spec if isinstance(spec, AppSpec) else None
@@ -232,7 +242,11 @@ def _app_spec(cfg: StackFile, index: int, secrets: Mapping[str, Secret]) -> AppS
 
 def _app_problem(cfg: StackFile, index: int, p: Problem) -> Problem:
     """A recipe's problem, re-anchored at ``stack[i].app...`` with file and line."""
-    key = p.key if p.key.startswith("stack") else f"stack[{index}].app.{p.key}".rstrip(".")
+    key = p.key
+    if key == "stack.app" or key.startswith("stack.app."):
+        key = f"stack[{index}]" + key[len("stack") :]
+    elif not key.startswith("stack"):
+        key = f"stack[{index}].app.{key}".rstrip(".")
     loc: list[str | int] = []
     for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
         loc.append(int(part[1:-1]) if part.startswith("[") else part)

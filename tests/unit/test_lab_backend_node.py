@@ -284,3 +284,29 @@ def test_nextid(node: Node) -> None:
     create(node)
     assert node.nextid() == "101"
     assert error(node.nextid, 100) == (400, "Parameter verification failed.")
+
+
+def test_running_container_keeps_non_hotplug_changes_pending(
+    node: Node, runtime: StubRuntime
+) -> None:
+    create(node, features="nesting=1", nameserver="10.0.0.1")
+    node.wait(node.start(100), 10)
+    node.set_config(100, {"features": "keyctl=1,nesting=1", "memory": 1024}, ["nameserver"])
+    assert node.get_config(100, current=True)["features"] == "nesting=1"
+    assert node.get_config(100, current=True)["memory"] == 1024  # hot-plugged
+    shown = node.get_config(100)
+    assert shown["features"] == "keyctl=1,nesting=1" and "nameserver" not in shown
+    pending = {p["key"]: p for p in node.pending(100)}
+    assert pending["features"] == {
+        "key": "features",
+        "value": "nesting=1",
+        "pending": "keyctl=1,nesting=1",
+    }
+    assert pending["nameserver"]["delete"] == 1
+    node.set_config(100, {}, revert=["nameserver"])
+    assert node.get_config(100)["nameserver"] == "10.0.0.1"
+    node.wait(node.stop(100), 10)
+    node.wait(node.start(100), 10)
+    conf, _ = runtime.running[100]
+    assert conf["features"] == "keyctl=1,nesting=1" and conf["nameserver"] == "10.0.0.1"
+    assert all("pending" not in p for p in node.pending(100))

@@ -355,7 +355,7 @@ class Node:
     # ------------------------------------------------------------------ containers: reads
 
     def get_config(
-        self, vmid: int, *, current: bool = True, snapshot: str | None = None
+        self, vmid: int, *, current: bool = False, snapshot: str | None = None
     ) -> dict[str, Any]:
         c, text = self._read(vmid)
         sec = c.main
@@ -370,6 +370,8 @@ class Node:
             for k, v in c.pending.options.items():
                 if k != "delete":
                     out[k] = _typed(k, v)
+            for k in split_list(c.pending.options.get("delete", "")):
+                out.pop(k, None)
         if sec.description is not None:
             out["description"] = sec.description + "\n"
         if sec.raw:
@@ -643,6 +645,16 @@ class Node:
             check_ct_modify_config_perm(self.auth, who, vmid, old, values, [], unpriv)
             opts = dict(old)
             description = c.main.description
+            # A running container takes what PVE hot-plugs at once; the rest waits in
+            # [pve:pending] until the next start (PVE's vmconfig_hotplug_pending).
+            running = self._running(vmid)
+            pending = {k: x for k, x in c.pending.options.items() if k != "delete"}
+            pending_del = [d for d in split_list(c.pending.options.get("delete", ""))]
+            for opt in reverts:
+                if lxc_option_schema(opt) is None:
+                    raise param_error({"revert": f"unknown option '{opt}'"})
+                pending.pop(opt, None)
+                pending_del = [d for d in pending_del if d != opt]
             for opt in deletes:
                 if opt in ("memory", "rootfs", "ostype"):
                     raise PveError(500, f"unable to delete required option '{opt}'")
@@ -650,6 +662,10 @@ class Node:
                     raise PveError(500, "unable to delete read-only option: 'unprivileged'")
                 if opt == "description":
                     description = None
+                    continue
+                pending.pop(opt, None)
+                if running and not _hotplug(opt) and opt in opts:
+                    pending_del = [*[d for d in pending_del if d != opt], opt]
                     continue
                 gone = opts.pop(opt, None)
                 if gone is not None and re.fullmatch(r"mp\d+", opt):
@@ -672,8 +688,32 @@ class Node:
                         if m:
                             self.storages.get(m.group(1))
                         value = self._realise(vmid, opt, value, owner, log)
+                pending_del = [d for d in pending_del if d != opt]
+                if running and not _hotplug(opt):
+                    pending[opt] = _normalise(opt, value)
+                    continue
+                pending.pop(opt, None)
                 opts[opt] = _normalise(opt, value)
-            self._write(vmid, replace(c, main=Section(opts, c.main.raw, description)))
+            if pending_del:
+                pending["delete"] = ",".join(pending_del)
+            main = Section(opts, c.main.raw, description)
+            self._write(vmid, CtConf(main, replace(c.pending, options=pending), c.snapshots))
+
+    def _apply_pending(self, vmid: int) -> None:
+        """What vm_start does first: pending changes become the config."""
+        with self.locked():
+            c = self.load(vmid)
+            if not c.pending.options:
+                return
+            opts = dict(c.main.options)
+            for opt in split_list(c.pending.options.get("delete", "")):
+                gone = opts.pop(opt, None)
+                if gone is not None and re.fullmatch(r"mp\d+", opt):
+                    vol = _volume_of(opt, gone)
+                    if mount_type(vol) == "volume":
+                        opts[_unused_key(opts)] = vol
+            opts.update({k: x for k, x in c.pending.options.items() if k != "delete"})
+            self._write(vmid, CtConf(replace(c.main, options=opts), Section(), c.snapshots))
 
     # ------------------------------------------------------------------ power
 
@@ -703,6 +743,7 @@ class Node:
     def _do_start(self, vmid: int, log: TaskLog) -> None:
         if is_true(self.load(vmid).main.options.get("template")):
             raise PveError(500, "you can't start a CT if it's a template")
+        self._apply_pending(vmid)
         c = self.load(vmid)
         opts, raw = dict(c.main.options), list(c.main.raw)
         try:
@@ -1012,6 +1053,18 @@ def _task_visible(
     if owner == who.authid or (who.token is None and owner.partition("!")[0] == who.user):
         return True
     return auth.allowed(who, f"/nodes/{node}", priv)
+
+
+# Options a running container takes at once (PVE: $LXC_FASTPLUG_OPTIONS and the hot-plug
+# branches of vmconfig_hotplug_pending); everything else waits for the next start.
+_FASTPLUG = frozenset({
+    "description", "onboot", "startup", "protection", "hostname", "hookscript", "cores", "tags",
+    "lock", "cpulimit", "cpuunits", "memory", "swap",
+})  # fmt: skip
+
+
+def _hotplug(opt: str) -> bool:
+    return opt in _FASTPLUG or re.fullmatch(r"(net|mp|unused)\d+", opt) is not None
 
 
 def _process_uptime(pid: int) -> int:

@@ -4,10 +4,12 @@ ports, so a lab a developer runs (``pvestack lab up``) is left alone; ``down`` a
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from labkit import Api, make_lab, skip_reason
+from labkit import Api, host_tmpdir, make_lab, skip_reason
 
 from pvestack.lab.control import Lab
 
@@ -27,12 +29,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if skip_reason():
         pytest.skip(skip_reason() or "")
-    lab = make_lab(tmp_path_factory.mktemp("lab"), 1)
+    lab = make_lab(host_tmpdir("pvestack-labtest-"), 1)
     try:
         lab.up(install=False)
         yield lab
     finally:
         lab.down(purge=True)
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    d = host_tmpdir("pvestack-labdata-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

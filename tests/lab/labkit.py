@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ def seed_template(www: Path) -> None:
         shutil.copy2(p, www / p.name)
 
 
+def host_tmpdir(prefix: str) -> Path:
+    """A directory container roots can reach (the pytest tmp dirs are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    d.chmod(0o755)
+    return d
+
+
 def make_lab(tmp: Path, n: int) -> Lab:
     settings = LabSettings(
         node="labtest",
@@ -46,7 +54,7 @@ def make_lab(tmp: Path, n: int) -> Lab:
         subnet=f"10.78.{n}.0/24",
     )
     lab = Lab(tmp, settings)
-    seed_template(lab.www)
+    seed_template(lab.cache)
     return lab
 
 
@@ -57,15 +65,15 @@ class Api:
         self.base = env["PVESTACK_API_URL"] + "/api2/json"
         self.node = env["PVESTACK_NODE"]
         self.s = requests.Session()
-        self.s.verify = str(cafile)
+        self.cafile = str(cafile)  # per request: REQUESTS_CA_BUNDLE would override a session's
         tok = f"PVEAPIToken={env['PVESTACK_TOKEN_ID']}={env['PVESTACK_TOKEN_SECRET']}"
         self.s.headers["Authorization"] = tok
 
     def call(self, method: str, path: str, **params: Any) -> requests.Response:
         url = self.base + path.replace("{node}", self.node)
         if method == "GET":
-            return self.s.get(url, params=params, timeout=60)
-        return self.s.request(method, url, data=params, timeout=60)
+            return self.s.get(url, params=params, timeout=60, verify=self.cafile)
+        return self.s.request(method, url, data=params, timeout=60, verify=self.cafile)
 
     def ok(self, method: str, path: str, **params: Any) -> Any:
         r = self.call(method, path, **params)

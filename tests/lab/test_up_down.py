@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from labkit import make_lab, ssh
+from labkit import host_tmpdir, make_lab, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -41,9 +41,9 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_up_then_down_leaves_nothing(tmp_path: Path) -> None:
+def test_up_then_down_leaves_nothing() -> None:
     before = _machine_state()
-    lab = make_lab(tmp_path / "lab", 2)
+    lab = make_lab(host_tmpdir("pvestack-labtest-"), 2)
     try:
         env = lab.up(install=False)
         again = lab.up(install=False)  # idempotent: same connection, nothing duplicated
@@ -86,4 +86,5 @@ def test_up_then_down_leaves_nothing(tmp_path: Path) -> None:
     assert not _port_open(lab.settings.ssh_port)
     assert not _port_open(lab.settings.http_port)
     assert not os.path.exists(f"/sys/class/net/{lab.settings.bridge}")
+    assert not lab.dir.exists()
     assert _machine_state() == before

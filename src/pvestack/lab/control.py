@@ -85,7 +85,7 @@ class Lab:
         return self.dir / "run"
 
     @property
-    def www(self) -> Path:
+    def cache(self) -> Path:
         return self.dir / "cache"
 
     @property
@@ -141,19 +141,20 @@ class Lab:
         missing = self.check_packages(install)
         if missing:
             raise LabError("missing Debian packages: " + " ".join(missing))
-        for d in (self.dir, self.run_dir, self.www, self.dir / "bin", self.dir / "secrets"):
+        for d in (self.dir, self.run_dir, self.cache, self.dir / "bin", self.dir / "secrets"):
             d.mkdir(parents=True, exist_ok=True)
         (self.dir / "secrets").chmod(0o700)
+        _check_traversable(self.dir)
         (self.dir / "lab.json").write_text(json.dumps(asdict(self.settings), indent=1) + "\n")
         say("template: building (once) ...")
-        tpl = template.build(self.www)
+        tpl = template.build(self.cache)
         say(f"template: {tpl.path.name} sha512 {tpl.sha512[:16]}...")
         network.up(self.net)
         say(f"network: {self.settings.bridge} {self.settings.subnet} (dnsmasq, NAT)")
         if procs.running(self.http_pidfile, "http.server") is None:
             _need_free_port(self.settings.http_port)
             procs.spawn(
-                template.serve_argv(self.www, self.settings.http_port),
+                template.serve_argv(self.cache, self.settings.http_port),
                 self.http_pidfile,
                 self.run_dir / "template-http.log",
             )
@@ -222,7 +223,7 @@ class Lab:
             raise LabError("the lab is not up (no token yet): run `pvestack lab up`") from e
         from pvestack.lab.api.server import fingerprint  # noqa: PLC0415
 
-        tpl = template.cached(self.www)
+        tpl = template.cached(self.cache)
         s = self.settings
         env = {
             "PVESTACK_API_URL": f"https://127.0.0.1:{s.api_port}",
@@ -252,7 +253,7 @@ class Lab:
             "template_http_pid": procs.running(self.http_pidfile, "http.server"),
             "sshd_pid": self.sshd.running(),
             "api_pid": procs.running(self.api_pidfile, "pvestack.lab.api.server"),
-            "template": str(t.path) if (t := template.cached(self.www)) else None,
+            "template": str(t.path) if (t := template.cached(self.cache)) else None,
             "containers": {str(v): rt.state(v) for v in rt.containers()},
         }
 
@@ -280,6 +281,18 @@ class Lab:
                 Node(self.dir, rt, self.settings.node).reset()
         for vmid in rt.containers():
             rt.destroy(vmid)
+
+
+def _check_traversable(lab_dir: Path) -> None:
+    """Container roots (uid 100000...) must reach their rootfs under the lab dir, as on PVE
+    (/var/lib/vz is 0755): the lab dir and its parents must be searchable by others."""
+    lab_dir.chmod(0o755)
+    for d in [lab_dir.resolve(), *lab_dir.resolve().parents]:
+        if not d.stat().st_mode & 0o001:
+            raise LabError(
+                f"{d} is not searchable by others (mode {d.stat().st_mode & 0o777:o}): "
+                "container roots could not reach their rootfs; choose another lab dir"
+            )
 
 
 def _need_free_port(port: int) -> None:

@@ -197,7 +197,8 @@ def _safe_write(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, content.encode())
-        os.fchown(fd, uid, gid)
+        if os.geteuid() == 0:
+            os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)

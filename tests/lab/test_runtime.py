@@ -1,0 +1,114 @@
+"""LxcRuntime on real LXC: keyctl's seccomp rule, cgroup limits, a custom idmap, a static
+address, and ``destroy``."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pvestack.lab.control import Lab
+from pvestack.lab.runtime import template
+from pvestack.lab.runtime.lxc import LxcRuntime
+
+pytestmark = pytest.mark.lab
+
+# keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) through perl (in the template).
+KEYCTL = "perl -e '$r = syscall(250, 0, -3, 0); print $r < 0 ? qq{$!} : qq{ok}'"
+
+
+def _conf(rt: LxcRuntime, vmid: int, lab: Lab, **extra: str) -> dict[str, str]:
+    rootfs = rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid)
+    mac = f"BC:24:11:00:00:{vmid % 100:02d}"
+    return {
+        "arch": "amd64",
+        "ostype": "debian",
+        "hostname": f"rt{vmid}",
+        "memory": "768",
+        "swap": "256",
+        "cores": "1",
+        "rootfs": f"{rootfs},size=4G",
+        "unprivileged": "1",
+        "net0": f"name=eth0,bridge={lab.settings.bridge},hwaddr={mac},ip=dhcp",
+        **extra,
+    }
+
+
+def _wait_running(rt: LxcRuntime, vmid: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = rt.exec(vmid, ["systemctl", "is-system-running"]).stdout.decode().strip()
+        if out in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    raise AssertionError("systemd did not come up")
+
+
+def test_keyctl_seccomp_and_cgroup_limits(lab: Lab) -> None:
+    rt = lab.runtime()
+    tpl = template.cached(lab.cache)
+    assert tpl is not None
+    vmid = 301
+    conf = _conf(rt, vmid, lab)
+    rt.create_rootfs(vmid, tpl.path, rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid), [], True)
+    try:
+        rt.start(vmid, conf, [])
+        assert rt.state(vmid) == "running"
+        out = rt.exec(vmid, ["sh", "-c", KEYCTL]).stdout.decode()
+        assert out == "Function not implemented", out  # ENOSYS, as PVE without keyctl=1
+        limit = subprocess.run(
+            ["lxc-cgroup", "-n", str(vmid), "-P", str(rt.lxcpath), "memory.limit_in_bytes"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert int(limit) == 768 * 1024 * 1024
+        cpus = subprocess.run(
+            ["lxc-cgroup", "-n", str(vmid), "-P", str(rt.lxcpath), "cpuset.cpus"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert cpus == "0"
+        rt.shutdown(vmid, 20)
+        assert rt.state(vmid) == "stopped"
+
+        rt.start(vmid, {**conf, "features": "keyctl=1,nesting=1"}, [])
+        out = rt.exec(vmid, ["sh", "-c", KEYCTL]).stdout.decode()
+        assert out != "Function not implemented", out
+        rt.stop(vmid)
+        assert rt.state(vmid) == "stopped"
+    finally:
+        rt.destroy(vmid)
+    assert not (rt.lxcpath / str(vmid)).exists()
+    assert not rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid).exists()
+
+
+def test_custom_idmap_and_static_address(lab: Lab, host_dir: Path) -> None:
+    rt = lab.runtime()
+    tpl = template.cached(lab.cache)
+    assert tpl is not None
+    vmid = 302
+    idmap = ["u 0 300000 65536", "g 0 300000 65536"]
+    rootfs = rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid)
+    host_dir.chmod(0o777)
+    static = str(lab.net.network.network_address + 50)
+    conf = _conf(
+        rt, vmid, lab,
+        net0=f"name=eth0,bridge={lab.settings.bridge},ip={static}/24,gw={lab.net.gateway}",
+        mp0=f"{host_dir},mp=/data",
+    )  # fmt: skip
+    try:
+        rt.create_rootfs(vmid, tpl.path, rootfs, idmap, True)
+        assert (rootfs / "etc").stat().st_uid == 300000
+        assert "root:300000:65536" in Path("/etc/subuid").read_text()
+        rt.start(vmid, conf, [("lxc.idmap", line) for line in idmap])
+        _wait_running(rt, vmid)
+        r = rt.exec(vmid, ["sh", "-c", "touch /data/f && ip -4 -o addr show eth0"])
+        assert r.returncode == 0, r.stderr
+        assert f"{static}/24" in r.stdout.decode()
+        assert (host_dir / "f").stat().st_uid == 300000
+        deadline = time.monotonic() + 20
+        while rt.ip_address(vmid) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert rt.ip_address(vmid) == static
+    finally:
+        rt.destroy(vmid)

@@ -473,3 +473,93 @@ def test_download_url_bad_extension_is_400(lab: Side) -> None:
         "Parameter verification failed.\n",
         {"filename": "wrong file extension"},
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("GET", f"/nodes/{NODE}/lxc/999/config", None),
+        ("GET", f"/nodes/{NODE}/lxc/999/status/current", None),
+        ("POST", f"/nodes/{NODE}/lxc", create_params(STOPPED)),
+        ("PUT", CFG, {"delete": "bogus"}),
+        ("PUT", CFG, {"memory": 1024, "delete": "memory"}),
+        ("PUT", CFG, {}),
+        ("PUT", CFG, {"delete": "unprivileged"}),
+        ("POST", f"/nodes/{NODE}/lxc/{RUNNING}/status/start", {"skiplock": 1}),
+        ("POST", f"/nodes/{NODE}/lxc/{STOPPED}/status/reboot", None),
+        ("POST", f"/nodes/{NODE}/lxc/{STOPPED}/status/shutdown", None),
+        ("POST", f"/nodes/{NODE}/lxc/{STOPPED}/snapshot", {"snapname": "current"}),
+        ("POST", f"/nodes/{NODE}/lxc", {"vmid": 99, "ostemplate": OSTEMPLATE}),
+        ("POST", f"/nodes/{NODE}/lxc", {"vmid": 220, "ostemplate": "local:iso/x.iso"}),
+    ],
+    ids=[
+        "config-missing-ct",
+        "status-missing-ct",
+        "create-existing",
+        "delete-unknown",
+        "set-and-delete",
+        "no-options",
+        "delete-unprivileged",
+        "skiplock-token",
+        "reboot-stopped",
+        "shutdown-stopped",
+        "snapshot-reserved",
+        "vmid-too-small",
+        "template-wrong-content",
+    ],
+)
+def test_more_errors_match(
+    lab: Side, fake: Side, method: str, path: str, data: dict[str, Any] | None
+) -> None:
+    a, _ = same(lab, fake, method, path, data)
+    assert a.status >= 400
+
+
+def test_snapshot_cycle(lab: Side, fake: Side) -> None:
+    base = f"/nodes/{NODE}/lxc/{STOPPED}/snapshot"
+    a, b = same(lab, fake, "POST", base, {"snapname": "before", "description": "clean"})
+    assert lab.wait(a.body["data"]) == fake.wait(b.body["data"]) == "OK"
+    names = [[s["name"] for s in side.call("GET", base).body["data"]] for side in (lab, fake)]
+    assert names[0] == names[1] == ["before", "current"]
+    a, b = same(lab, fake, "POST", base, {"snapname": "before"})
+    assert (
+        lab.wait(a.body["data"])
+        == fake.wait(b.body["data"])
+        == ("snapshot name 'before' already used")
+    )
+    a, b = same(lab, fake, "POST", f"{base}/before/rollback")
+    assert lab.wait(a.body["data"]) == fake.wait(b.body["data"]) == "OK"
+    a, b = same(lab, fake, "GET", f"{base}/before/config")
+    assert a.body["data"]["hostname"] == b.body["data"]["hostname"] == f"ct{STOPPED}"
+    a, b = same(lab, fake, "DELETE", f"{base}/before")
+    assert lab.wait(a.body["data"]) == fake.wait(b.body["data"]) == "OK"
+
+
+@pytest.mark.parametrize(
+    ("path", "errors"),
+    [
+        # pve-manager Tasks.pm raises a param exception (fakepve answers 500)
+        (f"/nodes/{NODE}/tasks/UPID:garbage/status", {"upid": "unable to parse worker upid"}),
+        (
+            f"/nodes/{NODE}/tasks/UPID:{NODE}:00000001:00000001:00000001:vzstart:1:root@pam:/status",
+            {"upid": "no such task"},
+        ),
+        # the enum of /cluster/resources' type (fakepve does not check it)
+        (
+            "/cluster/resources?type=qemu",
+            {
+                "type": "value 'qemu' does not have a value in the enumeration "
+                "'vm, storage, node, sdn'"
+            },
+        ),
+    ],
+    ids=["bad-upid", "unknown-task", "resources-type"],
+)
+def test_lab_only_param_errors(lab: Side, path: str, errors: dict[str, str]) -> None:
+    a = lab.call("GET", path)
+    assert a.key() == (
+        400,
+        "Parameter verification failed.",
+        "Parameter verification failed.\n",
+        errors,
+    )

@@ -1003,16 +1003,17 @@ class Node:
         return out[start : start + limit] if limit else out[start:]
 
     def _task_check(self, who: Identity, upid: str, priv: str = "Sys.Audit") -> Upid:
+        """pve-manager's Tasks.pm: a bad UPID or an unknown task is a 400; someone else's
+        task needs ``priv`` on the node."""
         u = Upid.parse(upid)
-        if u.node != self.name or not self.tasks.exists(upid):
-            raise PveError(500, f"no such task '{upid}'") if u.node == self.name else PveError(
-                500, f"no such node '{u.node}'"
-            )  # fmt: skip
         if not _task_visible(self.auth, who, u.user, self.name, priv):
             raise permission_denied(f"/nodes/{self.name}, {priv}")
         return u
 
     def task_status(self, who: Identity, upid: str) -> dict[str, Any]:
+        u = Upid.parse(upid)
+        if u.node != self.name or not self.tasks.exists(upid):
+            raise param_error({"upid": "no such task"})
         self._task_check(who, upid)
         return self.tasks.status(upid)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.backend.errors import PveError
+from pvestack.lab.backend.errors import PveError, param_error
 
 _UPID = re.compile(
     r"^UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-F]{8}):([0-9A-F]{8,9}):"
@@ -46,7 +46,7 @@ class Upid:
     def parse(cls, text: str) -> Upid:
         m = _UPID.match(text)
         if not m:
-            raise PveError(400, f"unable to parse worker upid '{text}'")
+            raise param_error({"upid": "unable to parse worker upid"})
         return cls(
             m.group(1), int(m.group(3), 16), int(m.group(4), 16), int(m.group(5), 16),
             m.group(6), m.group(7), m.group(8),
@@ -164,7 +164,7 @@ class TaskStore:
     def status(self, upid: str) -> dict[str, Any]:
         u = Upid.parse(upid)
         if not self.exists(upid):
-            raise PveError(500, f"no such task '{upid}'")  # pragma: no cover - guarded by caller
+            raise param_error({"upid": "no such task"})
         out: dict[str, Any] = {
             "upid": upid, "node": u.node, "pid": u.pid, "pstart": u.pstart,
             "starttime": u.starttime, "type": u.type, "id": u.id, "user": u.user,
@@ -187,7 +187,7 @@ class TaskStore:
         try:
             lines = self._log_path(upid).read_text().splitlines()
         except FileNotFoundError:
-            lines = []
+            lines = ["unable to open file - No such file or directory"]
         chosen = lines[start : start + limit] if limit else lines[start:]
         return [{"n": start + i + 1, "t": t} for i, t in enumerate(chosen)], len(lines)
 

@@ -166,6 +166,14 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     assert (st_nested.st_uid, st_nested.st_gid) == (100000, 100000)
     print(f"end-to-end total: {time.monotonic() - t_start:.1f}s")
 
+    # Root's pct sees the same state as the API, and reboots it.
+    assert _pct(env, f"status {VMID}").strip() == "status: running"
+    _pct(env, f"reboot {VMID}")
+    assert rt.state(VMID) == "running"
+    assert api.ok("GET", f"/nodes/{{node}}/lxc/{VMID}/status/current")["status"] == "running"
+    bad = ssh(env, f"pct set {VMID} -features bogus=1")
+    assert bad.returncode == 255 and "400 Parameter verification failed." in bad.stderr
+
     # The token stops it (and a running CT cannot be deleted).
     r = api.call("DELETE", f"/nodes/{{node}}/lxc/{VMID}")
     assert r.status_code == 500

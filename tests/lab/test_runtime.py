@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,5 +111,39 @@ def test_custom_idmap_and_static_address(lab: Lab, host_dir: Path) -> None:
         while rt.ip_address(vmid) is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert rt.ip_address(vmid) == static
+    finally:
+        rt.destroy(vmid)
+
+
+@pytest.fixture
+def forward_drop() -> Iterator[None]:
+    """The host as a Docker engine leaves it: FORWARD policy DROP."""
+    before = subprocess.run(
+        ["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
+    subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-P", "FORWARD", before.split()[2]], check=True)
+
+
+def test_egress_to_the_debian_mirror_with_forward_policy_drop(lab: Lab, forward_drop: None) -> None:
+    rt = lab.runtime()
+    tpl = template.cached(lab.cache)
+    assert tpl is not None
+    vmid = 303
+    rootfs = rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid)
+    try:
+        rt.create_rootfs(vmid, tpl.path, rootfs, [], True)
+        rt.start(vmid, _conf(rt, vmid, lab), [])
+        _wait_running(rt, vmid)
+        deadline = time.monotonic() + 30
+        while rt.ip_address(vmid) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (rootfs / "etc/resolv.conf").read_text() == f"nameserver {lab.net.gateway}\n"
+        r = rt.exec(vmid, ["apt-get", "update", "-q"], timeout=180)
+        assert r.returncode == 0, r.stdout.decode()[-1000:] + r.stderr.decode()[-1000:]
+        assert b"Err:" not in r.stdout
     finally:
         rt.destroy(vmid)

@@ -103,6 +103,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             "VM.Audit",
             "VM.Allocate",
             "Datastore.Audit",
+            "Datastore.Allocate",
             "Datastore.AllocateSpace",
             "Datastore.AllocateTemplate",
             "Sys.Audit",
@@ -122,8 +123,12 @@ def files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server for a directory (as the lab's template server)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    handler = functools.partial(Quiet, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
@@ -252,6 +257,13 @@ def test_download_url_really_downloads(lab: Lab, files: tuple[str, Path]) -> Non
     assert content["data"][0]["format"] == "tzst" and content["data"][0]["size"] == len(payload)
     _, _, log = lab.call("GET", f"/nodes/{NODE}/tasks/{urllib.parse.quote(upid)}/log")
     assert log["data"][-1] == {"n": log["total"], "t": "TASK OK"}
+    volume = urllib.parse.quote("local:vztmpl/t.tar.zst", safe="")
+    status, _, body = lab.call("DELETE", f"/nodes/{NODE}/storage/local/content/{volume}")
+    assert status == 200 and lab.wait(body["data"]) == "OK"
+    assert not stored.exists()
+    status, reason, _ = lab.call("DELETE", f"/nodes/{NODE}/storage/local/content/{volume}")
+    assert (status, reason) == (500, "volume 'local:vztmpl/t.tar.zst' does not exist")
+    stored.write_bytes(payload)
 
     _, _, body = lab.call(
         "POST",

@@ -187,14 +187,6 @@ def lxc_config_put(r: Request) -> Any:
     return None
 
 
-def lxc_config_post(r: Request) -> Any:
-    """The asynchronous config update: a ``vzupdate`` task doing what PUT does."""
-    r.check_node()
-    r.node.load(r.vmid)
-    _set(r)
-    return r.node.tasks.start("vzupdate", str(r.vmid), r.user.authid, lambda log: None)
-
-
 def lxc_pending(r: Request) -> Any:
     r.check_node()
     return r.node.pending(r.vmid)

@@ -36,7 +36,6 @@ ROUTES: Mapping[tuple[str, str], Handler] = {
     ("DELETE", "/nodes/{node}/lxc/{vmid}"): h.lxc_destroy,
     ("GET", "/nodes/{node}/lxc/{vmid}/config"): h.lxc_config_get,
     ("PUT", "/nodes/{node}/lxc/{vmid}/config"): h.lxc_config_put,
-    ("POST", "/nodes/{node}/lxc/{vmid}/config"): h.lxc_config_post,
     ("GET", "/nodes/{node}/lxc/{vmid}/pending"): h.lxc_pending,
     ("GET", "/nodes/{node}/lxc/{vmid}/status"): h.lxc_status_index,
     ("GET", "/nodes/{node}/lxc/{vmid}/status/current"): h.lxc_status_current,

@@ -22,6 +22,7 @@ import http.server
 import importlib
 import ipaddress
 import json
+import logging
 import re
 import ssl
 import threading
@@ -42,9 +43,10 @@ from pvestack.lab.api.routes import ROUTES, resolve
 from pvestack.lab.backend.auth import Identity
 from pvestack.lab.backend.errors import PveError
 from pvestack.lab.backend.node import Node, lab_dir_from_env
-from pvestack.lab.backend.schema import method_schema, validate
+from pvestack.lab.backend.schema import api_schema, method_schema, validate
 from pvestack.lab.runtime_protocol import Runtime
 
+_log = logging.getLogger("pvestack.lab.api")
 PREFIX = "/api2/json"
 MAX_BODY = 64 * 1024 * 1024
 
@@ -230,7 +232,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         started = time.monotonic()
         try:
             url = urllib.parse.urlsplit(self.path)
-            path = urllib.parse.unquote(url.path)
+            path = url.path  # still %-encoded: a volume id may hold an encoded '/'
+
             if path.startswith("/_lab/"):
                 self._control(method, path, url.query)
                 return
@@ -250,6 +253,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(e)
         except Exception as e:  # a bug must still answer like PVE does
             self.server.last_exception = e
+            _log.exception("internal error in %s %s", method, urllib.parse.urlsplit(self.path).path)
             self._error(PveError(500, f"lab internal error: {type(e).__name__}: {e}"))
         finally:
             self.server.record(method, self.path, time.monotonic() - started)
@@ -262,10 +266,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         match = resolve(api_path)
         world = match is not None and match.template == "/access/ticket"
         who = None if world else self._authenticate(method)
-        if match is None or (method, match.template) not in ROUTES:
-            raise PveError(501, f"Method '{method} {api_path}' not implemented")
+        known = match is not None and method in api_schema()[match.template]["info"]
+        if match is None or not known or (method, match.template) not in ROUTES:
+            shown = urllib.parse.unquote(api_path)
+            raise PveError(501, f"Method '{method} {shown}' not implemented")
         schema = method_schema(match.template, method)
         for k, v in match.params.items():
+            v = urllib.parse.unquote(v)
             if k in params:
                 raise PveError(400, "Parameter verification failed.",
                                {k: "duplicate parameter (already defined in URI)"})  # fmt: skip
@@ -414,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", default="pvestack.lab.runtime.lxc:LxcRuntime")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(args.lab_dir, load_runtime(args.runtime), args.node)
     server = LabApiServer(node, args.host, args.port)
     server.httpd.verbose = args.verbose

@@ -326,7 +326,7 @@ class Node:
             self.storages.free(volid)
             log.write(f"Removed volume '{volid}'")
 
-        return self._task("imgdel", volid, who, body)
+        return self._task("imgdel", "", who, body)
 
     def download_url(self, who: Identity, sid: str, params: Mapping[str, Any]) -> str:
         filename = str(params["filename"])

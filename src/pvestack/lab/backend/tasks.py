@@ -106,6 +106,7 @@ class TaskStore:
     def start(self, ttype: str, tid: str, user: str, body: TaskBody) -> str:
         """Start ``body`` in a worker thread; return the UPID at once."""
         self.root.mkdir(parents=True, exist_ok=True)
+        tid = re.sub(r"[:/\s]", "_", tid)
         with self._lock:
             now = int(time.time())
             while True:

@@ -271,12 +271,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             shown = urllib.parse.unquote(api_path)
             raise PveError(501, f"Method '{method} {shown}' not implemented")
         schema = method_schema(match.template, method)
-        for k, v in match.params.items():
-            v = urllib.parse.unquote(v)
+        for k, raw in match.params.items():
             if k in params:
                 raise PveError(400, "Parameter verification failed.",
                                {k: "duplicate parameter (already defined in URI)"})  # fmt: skip
-            params[k] = v
+            params[k] = urllib.parse.unquote(raw)
         if who is not None and who.token is not None and not schema.get("allowtoken", 1):
             raise PveError(403, "Permission check failed (API token not allowed)")
         check = (schema.get("permissions") or {}).get("check")

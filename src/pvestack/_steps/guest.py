@@ -1,0 +1,527 @@
+# ruff: noqa: E501  (the shell programs below are data; their lines stay whole)
+"""Guest actions: inside the container, as root on the node through ``pct exec``/``pct push``.
+
+Every change is a ``Step`` of ``Command``s (argv data; file contents and secrets only in
+stdin ``Payload``s). The shell programs run inside the container are constants of this
+module, given their arguments positionally (``sh -c PROGRAM sh ARG...``), so they are
+shellchecked once (tests) and never interpolate data.
+
+Actions of one stack, in order:
+
+1. ``<stack>:guest:docker``: install Docker (``docker-ce``: Docker's apt repository with
+   the key's fingerprint checked as Docker documents, and the compose plugin;
+   ``debian``: bookworm's ``docker.io`` + ``docker-compose`` (v1.29, the only compose
+   Debian 12 ships); ``preinstalled``: only checked), then prove the engine runs a
+   container from a locally made image (no registry).
+2. ``<stack>:guest:file:<path>``: write one rendered file atomically (temp file in the
+   same dir, mode and owner set before the rename). The write happens only if the bytes
+   (or mode/owner) differ; then a restart mark is left for the services reading it.
+   ``.env`` files are merged: keys the stack file does not set are kept.
+3. ``<stack>:guest:image:<ref>``: ``docker load`` of the operator's tarball (pushed with
+   ``pct push``), or ``docker pull``; guarded by ``docker image inspect``.
+4. ``<stack>:guest:up``: ``compose up -d`` (recreates only services whose compose
+   config changed), then ``compose restart`` of exactly the services marked in step 2.
+
+So apply restarts only what changed even when observe could not look inside (console
+mode, container just created): the guest decides "changed" by comparing bytes.
+
+Secrets in console mode: a printed script never holds a secret (``render_script``
+refuses). The file steps carrying secrets (``.env``, LiteLLM's config) need the SSH
+root transport; in console mode they stay pending, the rest of the script is printed.
+
+Observe: ``guest_fact_commands`` gives one read-only command whose output
+``parse_guest_facts`` turns into ``guest_facts`` (docker, compose, images, file hashes
+with ``.env`` compared on the keys the stack manages, compose service states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Sequence
+
+from pvestack._commands import Command, Payload, Secret, Step, cmd
+from pvestack._model import Action, Actor, AppFile, AppSpec, Change, ObservedStack, StackSpec
+
+DOCKER_KEY_URL = "https://download.docker.com/linux/debian/gpg"
+DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+PROBE_IMAGE = "pvestack/probe:1"
+STATE_DIR = ".pvestack"  # under the project dir: restart marks
+
+# ---------------------------------------------------------------- shell programs
+
+# Exit 0 when the engine answers and a compose is installed.
+DOCKER_READY = """\
+docker info >/dev/null 2>&1 || exit 1
+docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1
+"""
+
+INSTALL_DOCKER_CE = f"""\
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q ca-certificates curl gnupg
+install -m 0755 -d /etc/apt/keyrings
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+curl -fsSL {DOCKER_KEY_URL} -o "$tmp/docker.asc"
+fpr=$(gpg --batch --show-keys --with-colons "$tmp/docker.asc" | awk -F: '$1 == "fpr" {{ print $10; exit }}')
+if [ "$fpr" != "{DOCKER_KEY_FINGERPRINT}" ]; then
+  echo "Docker's apt key has fingerprint '$fpr', expected {DOCKER_KEY_FINGERPRINT}" >&2
+  exit 1
+fi
+install -m 0644 "$tmp/docker.asc" /etc/apt/keyrings/docker.asc
+. /etc/os-release
+echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian $VERSION_CODENAME stable" >/etc/apt/sources.list.d/docker.list
+apt-get update -q
+apt-get install -y -q docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin
+systemctl enable --now docker
+"""
+
+INSTALL_DOCKER_DEBIAN = """\
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q docker.io docker-compose
+systemctl enable --now docker
+"""
+
+CHECK_PREINSTALLED = """\
+if ! command -v docker >/dev/null 2>&1; then
+  echo "docker is not installed in the container (app.docker = \\"preinstalled\\")" >&2
+  exit 1
+fi
+systemctl start docker 2>/dev/null || true
+i=0
+until docker info >/dev/null 2>&1; do
+  i=$((i + 1))
+  if [ "$i" -gt 30 ]; then echo "the Docker engine does not answer" >&2; exit 1; fi
+  sleep 1
+done
+if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
+  echo "no compose: install the compose plugin or docker-compose" >&2
+  exit 1
+fi
+"""
+
+# $1: the probe image. Made from the container's own /usr/bin/true and its libraries
+# (docker import, no registry), then run: proves the engine runs a container.
+DOCKER_PROBE = """\
+set -eu
+image=$1
+if ! docker image inspect "$image" >/dev/null 2>&1; then
+  files=$(ldd /usr/bin/true | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\\//) print $i }')
+  # shellcheck disable=SC2086
+  tar -chf - /usr/bin/true $files 2>/dev/null | docker import - "$image" >/dev/null
+fi
+docker run --rm --network none "$image" /usr/bin/true
+echo "docker runs containers"
+"""
+
+# $1 file, $2 mode, $3 uid:gid, $4 merge (1: keep keys stdin does not set),
+# $5 restart-mark dir, $6... services to mark when the file changes. Content on stdin.
+WRITE_FILE = """\
+set -eu
+f=$1 mode=$2 owner=$3 merge=$4 marks=$5
+shift 5
+d=$(dirname "$f")
+if [ ! -d "$d" ]; then
+  (umask 022 && mkdir -p "$d")
+  chown "$owner" "$d"
+fi
+umask 077
+tmp=$(mktemp "$f.pvestack.XXXXXX")
+trap 'rm -f "$tmp" "$tmp.in"' EXIT
+if [ "$merge" = 1 ] && [ -f "$f" ]; then
+  cat >"$tmp.in"
+  awk 'NR == FNR {
+         if (index($0, "=") > 0) { k = substr($0, 1, index($0, "=") - 1); want[k] = $0; order[++n] = k }
+         next
+       }
+       $0 !~ /^[ \\t]*#/ && index($0, "=") > 0 {
+         k = substr($0, 1, index($0, "=") - 1)
+         if (k in want) { if (!(k in done)) { print want[k]; done[k] = 1 }; next }
+       }
+       { print }
+       END { for (i = 1; i <= n; i++) if (!(order[i] in done)) print want[order[i]] }' "$tmp.in" "$f" >"$tmp"
+else
+  cat >"$tmp"
+fi
+chown "$owner" "$tmp"
+chmod "$mode" "$tmp"
+if [ -f "$f" ] && cmp -s "$tmp" "$f" && [ "$(stat -c '%a %u:%g' "$f")" = "$(stat -c '%a %u:%g' "$tmp")" ]; then
+  echo "unchanged: $f"
+  exit 0
+fi
+mv -f "$tmp" "$f"
+echo "written: $f"
+if [ "$#" -gt 0 ]; then
+  mkdir -p "$marks"
+  for s in "$@"; do : >"$marks/restart-$s"; done
+fi
+"""
+
+# $1 project dir, $2 project name, $3 marks dir. compose up -d, then restart the marked.
+COMPOSE_UP = """\
+set -eu
+dir=$1 project=$2 marks=$3
+if docker compose version >/dev/null 2>&1; then
+  compose() { docker compose -p "$project" -f "$dir/compose.yml" "$@"; }
+else
+  compose() { docker-compose -p "$project" -f "$dir/compose.yml" "$@"; }
+fi
+compose up -d --remove-orphans
+if [ -d "$marks" ]; then
+  for m in "$marks"/restart-*; do
+    [ -e "$m" ] || continue
+    s=${m##*/restart-}
+    echo "restarting $s (its files changed)"
+    compose restart "$s"
+    rm -f "$m"
+  done
+fi
+"""
+
+# $1 tarball path in the container: load it, then remove it.
+DOCKER_LOAD = """\
+set -eu
+docker load -i "$1"
+rm -f "$1"
+"""
+
+# Observe (read-only). Args: project name, then groups "--images REF...", "--files PATH...",
+# "--managed PATH KEY... --". Prints "key<TAB>value" lines.
+FACTS = """\
+project=$1
+shift
+if docker info >/dev/null 2>&1; then printf 'docker\\tok\\n'; else printf 'docker\\tmissing\\n'; fi
+if docker compose version >/dev/null 2>&1; then printf 'compose\\tplugin\\n'
+elif docker-compose version >/dev/null 2>&1; then printf 'compose\\tv1\\n'
+else printf 'compose\\tmissing\\n'; fi
+mode=
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --images|--files) mode=$1; shift; continue ;;
+    --managed)
+      f=$2
+      shift 2
+      keys=
+      while [ "$#" -gt 0 ] && [ "$1" != -- ]; do keys="$keys $1"; shift; done
+      shift
+      if [ -f "$f" ]; then
+        h=$(awk -v keys="$keys" 'BEGIN { n = split(keys, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+              $0 !~ /^[ \\t]*#/ && index($0, "=") > 0 { k = substr($0, 1, index($0, "=") - 1); if ((k in want) && !(k in seen)) { seen[k] = 1; print } }' "$f" \\
+            | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+        printf 'managed:%s\\t%s\\n' "$f" "$h"
+      else
+        printf 'managed:%s\\t-\\n' "$f"
+      fi
+      continue ;;
+  esac
+  case "$mode" in
+    --images)
+      if docker image inspect "$1" >/dev/null 2>&1; then v=present; else v=missing; fi
+      printf 'image:%s\\t%s\\n' "$1" "$v" ;;
+    --files)
+      if [ -f "$1" ]; then
+        printf 'file:%s\\t%s %s\\n' "$1" "$(sha256sum <"$1" | cut -d' ' -f1)" "$(stat -c '%a %u:%g' "$1")"
+      else
+        printf 'file:%s\\t-\\n' "$1"
+      fi ;;
+  esac
+  shift
+done
+if docker info >/dev/null 2>&1; then
+  docker ps -a --filter "label=com.docker.compose.project=$project" \\
+    --format '{{.Label "com.docker.compose.service"}} {{.State}}' 2>/dev/null \\
+    | while read -r s st; do printf 'service:%s\\t%s\\n' "$s" "$st"; done
+fi
+exit 0
+"""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def pct_sh(vmid: int, program: str, *args: str, stdin: Payload | None = None) -> Command:
+    """``pct exec VMID -- sh -c PROGRAM sh ARGS...`` (data as arguments, never spliced)."""
+    return cmd("pct", "exec", str(vmid), "--", "sh", "-c", program, "sh", *args, stdin=stdin)
+
+
+def _reveal(parts: Sequence[str | Secret]) -> bytes:
+    return Payload(tuple(parts)).reveal()
+
+
+def content_sha256(f: AppFile) -> str:
+    """SHA-256 of the exact bytes a file step writes (compared with the guest's file)."""
+    return hashlib.sha256(_reveal(f.content)).hexdigest()
+
+
+def managed_lines(f: AppFile) -> tuple[str, ...]:
+    """The ``KEY=value`` lines of a merged ``.env`` (revealed: never shown)."""
+    text = _reveal(f.content).decode()
+    return tuple(ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#"))
+
+
+def managed_keys(f: AppFile) -> tuple[str, ...]:
+    keys: list[str] = []
+    for p in "".join(p if isinstance(p, str) else "" for p in f.content).splitlines():
+        if "=" in p and not p.lstrip().startswith("#"):
+            keys.append(p.split("=", 1)[0])
+    return tuple(keys)
+
+
+def managed_sha256(f: AppFile) -> str:
+    """What ``FACTS`` prints for a merged file whose managed keys are as desired."""
+    lines = sorted(managed_lines(f), key=lambda s: s.encode())
+    return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+
+
+def project_name(stack: StackSpec) -> str:
+    app = stack.app
+    if app is not None and app.verify.get("project"):
+        return app.verify["project"]
+    return stack.name.lower()
+
+
+def marks_dir(app: AppSpec) -> str:
+    return posixpath.join(app.project_dir, STATE_DIR)
+
+
+def _mode(m: str) -> str:
+    return m.lstrip("0") or "0"
+
+
+# ---------------------------------------------------------------- steps
+
+
+def docker_steps(app: AppSpec, vmid: int) -> tuple[Step, ...]:
+    ready = pct_sh(vmid, DOCKER_READY)
+    install = {
+        "docker-ce": INSTALL_DOCKER_CE,
+        "debian": INSTALL_DOCKER_DEBIAN,
+        "preinstalled": CHECK_PREINSTALLED,
+    }[app.docker_source]
+    what = {
+        "docker-ce": "install Docker from Docker's apt repository (key fingerprint checked)",
+        "debian": "install Debian's docker.io and docker-compose",
+        "preinstalled": "check the preinstalled Docker engine and compose",
+    }[app.docker_source]
+    return (
+        Step(f"ct{vmid}:docker:{app.docker_source}", what, (pct_sh(vmid, install),), guard=ready),
+        Step(
+            f"ct{vmid}:docker:probe",
+            "prove the engine runs a container (a local image, no registry)",
+            (pct_sh(vmid, DOCKER_PROBE, PROBE_IMAGE),),
+        ),
+    )
+
+
+def file_step(app: AppSpec, f: AppFile, vmid: int) -> Step:
+    payload = Payload(tuple(f.content))
+    argv = (
+        f.path,
+        f.mode,
+        f"{f.uid}:{f.gid}",
+        "1" if f.merge_env else "0",
+        marks_dir(app),
+        *f.services,
+    )
+    what = f"write {f.path} (mode {f.mode}, owner {f.uid}:{f.gid}"
+    what += ", keep other keys)" if f.merge_env else ")"
+    return Step(f"ct{vmid}:file:{f.path}", what, (pct_sh(vmid, WRITE_FILE, *argv, stdin=payload),))
+
+
+def image_step(ref: str, tarball: str | None, vmid: int) -> Step:
+    guard = cmd("pct", "exec", str(vmid), "--", "docker", "image", "inspect", ref)
+    if tarball:
+        inside = "/var/tmp/pvestack-image.tar"
+        return Step(
+            f"ct{vmid}:image:{ref}",
+            f"docker load {ref} from {tarball}",
+            (
+                cmd("pct", "push", str(vmid), tarball, inside),
+                pct_sh(vmid, DOCKER_LOAD, inside),
+            ),
+            guard=guard,
+        )
+    return Step(
+        f"ct{vmid}:image:{ref}",
+        f"docker pull {ref}",
+        (cmd("pct", "exec", str(vmid), "--", "docker", "pull", ref),),
+        guard=guard,
+    )
+
+
+def up_step(stack: StackSpec, app: AppSpec, vmid: int) -> Step:
+    return Step(
+        f"ct{vmid}:compose:up",
+        f"compose up -d in {app.project_dir}; restart the services whose files changed",
+        (pct_sh(vmid, COMPOSE_UP, app.project_dir, project_name(stack), marks_dir(app)),),
+    )
+
+
+# ---------------------------------------------------------------- observe
+
+
+def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
+    """Read-only commands (run as root on the node) whose output ``parse_guest_facts`` reads."""
+    app = stack.app
+    if app is None:
+        return ()
+    args: list[str] = [project_name(stack), "--images", *(i.ref for i in app.images)]
+    args += ["--files", *(f.path for f in app.files if not f.merge_env)]
+    for f in app.files:
+        if f.merge_env:
+            args += ["--managed", f.path, *managed_keys(f), "--"]
+    return (pct_sh(vmid, FACTS, *args),)
+
+
+def parse_guest_facts(outputs: Sequence[str]) -> dict[str, str]:
+    """``key<TAB>value`` lines -> facts (``docker``, ``compose``, ``image:REF``,
+    ``file:PATH`` = ``"<sha256> <mode> <uid>:<gid>"`` or ``-``, ``managed:PATH``,
+    ``service:NAME``)."""
+    facts: dict[str, str] = {}
+    for out in outputs:
+        for line in out.splitlines():
+            key, sep, value = line.partition("\t")
+            if sep and key:
+                facts[key] = value.strip()
+    return facts
+
+
+# ---------------------------------------------------------------- plan
+
+
+def _file_state(f: AppFile, obs: ObservedStack) -> tuple[bool | None, str]:
+    """(in sync?, what is there). None: not observed."""
+    facts = obs.guest_facts
+    if f.merge_env and f"managed:{f.path}" in facts:
+        have = facts[f"managed:{f.path}"]
+        if have == "-":
+            return False, "absent"
+        return have == managed_sha256(f), "present"
+    if f"file:{f.path}" in facts:
+        have = facts[f"file:{f.path}"]
+        if have == "-":
+            return False, "absent"
+        want = f"{content_sha256(f)} {_mode(f.mode)} {f.uid}:{f.gid}"
+        return have == want, "present"
+    if f.path in obs.guest_files:
+        sha = obs.guest_files[f.path]
+        if sha is None:
+            return False, "absent"
+        return sha == content_sha256(f), "present"
+    return None, "not observed"
+
+
+def _secret_summary(f: AppFile) -> str:
+    secrets = [p for p in f.content if isinstance(p, Secret)]
+    return ", ".join(f"{s.name}=*** (sha256 {s.digest})" for s in secrets)
+
+
+def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple[Action, ...]:
+    """The in-container actions of ``stack`` (empty when everything is in place)."""
+    app = stack.app
+    if app is None:
+        return ()
+    facts = observed.guest_facts
+    running = observed.container is not None and observed.container.status == "running"
+    known = running and bool(facts or observed.guest_files)
+    target = f"lxc/{vmid}"
+    pre = f"running:{stack.name}"
+    actions: list[Action] = []
+
+    docker_ok = facts.get("docker") == "ok" and facts.get("compose", "missing") != "missing"
+    if not docker_ok:
+        actions.append(
+            Action(
+                id=f"{stack.name}:guest:docker",
+                change=Change.CREATE if facts.get("docker") == "missing" else Change.RUN,
+                target=target,
+                actor=Actor.GUEST,
+                reason=f"Docker engine and compose ({app.docker_source})"
+                + ("" if facts else ": not observed, the step checks first"),
+                stack=stack.name,
+                before={"docker": facts.get("docker", "unknown")},
+                after={"docker": "ok", "source": app.docker_source},
+                steps=docker_steps(app, vmid),
+                precondition=pre,
+            )
+        )
+
+    changed_files = False
+    for f in app.files:
+        in_sync, there = _file_state(f, observed) if known else (None, "not observed")
+        if in_sync:
+            continue
+        changed_files = True
+        after: dict[str, str | None] = {
+            "mode": f.mode,
+            "owner": f"{f.uid}:{f.gid}",
+            "content": "changes" if in_sync is False and there == "present" else "new",
+        }
+        if in_sync is None:
+            after["content"] = "written if different"
+        secrets = _secret_summary(f)
+        if secrets:
+            after["secrets"] = secrets
+        if f.merge_env:
+            after["other keys"] = "kept"
+        if f.services:
+            after["restarts"] = ",".join(f.services) + " (if the bytes change)"
+        actions.append(
+            Action(
+                id=f"{stack.name}:guest:file:{f.path}",
+                change=Change.CREATE if there == "absent" else Change.UPDATE,
+                target=f"{target}:{f.path}",
+                actor=Actor.GUEST,
+                reason=f"{app.recipe} file"
+                + (" (not observed: written only if different)" if in_sync is None else ""),
+                stack=stack.name,
+                before={"file": there},
+                after=after,
+                steps=(file_step(app, f, vmid),),
+                precondition=pre,
+            )
+        )
+
+    missing_images = False
+    for img in app.images:
+        state = facts.get(f"image:{img.ref}") if known else None
+        if state == "present":
+            continue
+        missing_images = True
+        actions.append(
+            Action(
+                id=f"{stack.name}:guest:image:{img.ref}",
+                change=Change.CREATE,
+                target=target,
+                actor=Actor.GUEST,
+                reason=("docker load from " + img.tarball) if img.tarball else "docker pull",
+                stack=stack.name,
+                before={"image": state or "unknown"},
+                after={"image": img.ref},
+                steps=(image_step(img.ref, img.tarball, vmid),),
+                precondition=pre,
+            )
+        )
+
+    services_ok = known and all(facts.get(f"service:{s}") == "running" for s in app.services)
+    if changed_files or missing_images or not docker_ok or not services_ok:
+        before = {s: facts.get(f"service:{s}", "unknown") for s in app.services}
+        actions.append(
+            Action(
+                id=f"{stack.name}:guest:up",
+                change=Change.RUN,
+                target=target,
+                actor=Actor.GUEST,
+                reason="compose up -d; restart only services whose files changed",
+                stack=stack.name,
+                before=dict(before),
+                after={s: "running" for s in app.services},
+                steps=(up_step(stack, app, vmid),),
+                precondition=pre,
+            )
+        )
+    return tuple(actions)

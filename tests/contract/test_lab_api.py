@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import http.server
 import json
 import ssl
@@ -326,3 +327,35 @@ def test_proxmoxer_sees_pve_errors(lab: Lab) -> None:
             vmid=100, ostemplate="local:vztmpl/x.tar.zst", **{"lxc.idmap": "x"}
         )
     assert e.value.status_code == 400 and "lxc.idmap" in e.value.errors
+
+
+def test_keep_alive_survives_errors_with_bodies(lab: Lab) -> None:
+    """proxmoxer keeps its connection: an error answer must not leave the body unread."""
+
+    lab.call(
+        "POST",
+        "/_lab/faults",
+        {"method": "POST", "path": "/lxc$", "status": 500, "message": "nope", "times": 1},
+        auth="root",
+        json_body=True,
+    )
+    conn = http.client.HTTPSConnection("127.0.0.1", lab.server.port, context=lab.ctx)
+    auth = {
+        "Authorization": f"PVEAPIToken={TOKEN_ID}={SECRET}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    try:
+        for path, body, expect in [
+            (f"/api2/json/nodes/{NODE}/lxc", "vmid=100&ostemplate=x", 500),
+            ("/elsewhere", "a=1", 501),
+            (f"/api2/json/nodes/{NODE}/lxc", "vmid=1&ostemplate=x", 400),
+        ]:
+            conn.request("POST", path, body=body, headers=auth)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == expect
+            conn.request("GET", "/api2/json/version", headers=auth)
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["data"]["release"] == "9.1"
+    finally:
+        conn.close()

@@ -310,3 +310,15 @@ def test_running_container_keeps_non_hotplug_changes_pending(
     conf, _ = runtime.running[100]
     assert conf["features"] == "keyctl=1,nesting=1" and conf["nameserver"] == "10.0.0.1"
     assert all("pending" not in p for p in node.pending(100))
+
+
+def test_description_round_trip(node: Node, tmp_path: Path) -> None:
+    create(node, description="Hermes\npvestack-stack: hermes\n")
+    assert node.get_config(100)["description"] == "Hermes\npvestack-stack: hermes\n"
+    assert (
+        (tmp_path / "etc/pve/lxc/100.conf")
+        .read_text()
+        .startswith("#Hermes\n#pvestack-stack: hermes\narch: amd64\n")
+    )
+    node.set_config(100, {"description": "100% done\n"})
+    assert node.get_config(100)["description"] == "100% done\n"

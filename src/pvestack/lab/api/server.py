@@ -196,6 +196,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length > MAX_BODY:
             raise PveError(413, "Request Entity Too Large")
         raw = self.rfile.read(length) if length else b""
+        self._body_read = True
         if not raw:
             return {}
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -234,8 +235,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             url = urllib.parse.urlsplit(self.path)
             path = url.path  # still %-encoded: a volume id may hold an encoded '/'
 
+            self._body_read = False
+            body = self._body()  # first: an unread body would break the next keep-alive request
             if path.startswith("/_lab/"):
-                self._control(method, path, url.query)
+                self._control(method, path, body)
                 return
             fault = self.server.faults.take(method, path)
             if fault is not None:
@@ -247,9 +250,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise PveError(501, f"Method '{method} {path}' not implemented")
             api_path = path[len(PREFIX) :] or "/"
             params = _pairs(url.query)
-            params.update(self._body())
+            params.update(body)
             self._api(method, api_path, params)
         except PveError as e:
+            if not getattr(self, "_body_read", True):
+                self.close_connection = True
             self._error(e)
         except Exception as e:  # a bug must still answer like PVE does
             self.server.last_exception = e
@@ -291,14 +296,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ control
 
-    def _control(self, method: str, path: str, query: str) -> None:
+    def _control(self, method: str, path: str, body: dict[str, Any]) -> None:
         peer = self.client_address[0]
         if not ipaddress.ip_address(peer).is_loopback:
             raise PveError(403, "lab control: loopback only")
         who = self._authenticate(method)
         if not who.is_root:
             raise PveError(403, "lab control: only root@pam")
-        body = self._body()
         faults = self.server.faults
         node = self.server.node
         if path == "/_lab/reset" and method == "POST":

@@ -493,6 +493,7 @@ class Node:
         if unprivileged:
             final["unprivileged"] = "1"
         description = final.pop("description", None)
+        description = description.rstrip("\n") or None if description else None
         with self.locked():
             if self.conf_path(vmid).exists():
                 raise PveError(500, f"CT {vmid} already exists on node '{self.name}'")
@@ -679,7 +680,7 @@ class Node:
                 if opt == "unprivileged":
                     raise PveError(500, "unable to modify read-only option: 'unprivileged'")
                 if opt == "description":
-                    description = value
+                    description = value.rstrip("\n") or None
                     continue
                 if re.fullmatch(r"mp\d+", opt) or opt == "rootfs":
                     vol = _volume_of(opt, value)

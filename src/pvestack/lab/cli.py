@@ -79,7 +79,8 @@ def status(
 def down(
     lab_dir: LabDirOpt = None,
     purge: Annotated[
-        bool, typer.Option("--purge", help="also remove the lab directory and the template")
+        bool,
+        typer.Option("--purge", help="also remove the built template (and the lab dir when empty)"),
     ] = False,
 ) -> None:
     """Remove every container, the bridge, the rules and the processes the lab made."""

@@ -7,7 +7,8 @@ the API token ``root@pam!pvestack`` and returns the connection as environment va
 
 ``down``: removes every container, the bridge, the tagged iptables rules, the processes
 (each stopped by its pid file), and the subuid/subgid lines the lab added. The built
-template is kept in ``<lab>/cache`` (``purge=True`` removes the whole lab directory).
+template is kept in ``<lab>/cache`` (``purge=True`` removes it too, and the lab
+directory when nothing else is left in it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ REQUIRED = {
     "zstd": "zstd",
     "ip": "iproute2",
 }
+# What the lab makes under its directory (``down`` removes exactly these; ``cache`` too with
+# ``purge``); other files there (e.g. image tarballs someone keeps) are left alone.
+LAB_PARTS = ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state")
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
@@ -265,12 +269,13 @@ class Lab:
         procs.stop(self.http_pidfile, "http.server")
         network.down(self.net)
         remove_recorded_subids(self.dir / "state" / "subids-added")
-        if purge:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
-        for name in ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state"):
+        names = [*LAB_PARTS, "cache"] if purge else LAB_PARTS
+        for name in names:
             shutil.rmtree(self.dir / name, ignore_errors=True)
         (self.dir / "lab.json").unlink(missing_ok=True)
+        if purge:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()  # only when nothing else (someone's files) is left in it
 
     def _remove_containers(self) -> None:
         rt = self.runtime()

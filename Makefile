@@ -33,6 +33,9 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+labtest: setup
+	$(VENV)/bin/pytest -m lab tests/lab
+
 test: setup lint
 	$(VENV)/bin/pytest tests
 
@@ -41,6 +44,8 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/plan_calls.py
+	@if [ "$$(id -u)" = 0 ]; then $(PVESTACK) lab up >/dev/null && $(PY) benchmarks/lab_create.py; \
+	else echo "not root: skipping the lab benchmark"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -78,8 +78,9 @@ def main() -> None:
     content = api.req("GET", "/nodes/{node}/storage/local/content", content="vztmpl")
     if not any(c["volid"].endswith(name) for c in content):
         t = time.perf_counter()
+        url = env["PVESTACK_LAB_TEMPLATE_URL"]
         api.wait(api.req(
-            "POST", "/nodes/{node}/storage/local/download-url", url=env["PVESTACK_LAB_TEMPLATE_URL"],
+            "POST", "/nodes/{node}/storage/local/download-url", url=url,
             content="vztmpl", filename=name, checksum=env.get("PVESTACK_LAB_TEMPLATE_SHA512", ""),
             **{"checksum-algorithm": "sha512"},
         ))  # fmt: skip
@@ -108,8 +109,10 @@ def main() -> None:
         api.wait(api.req("POST", f"/nodes/{{node}}/lxc/{vmid}/status/stop"))
         api.wait(api.req("DELETE", f"/nodes/{{node}}/lxc/{vmid}"))
         results.append(t3 - t0)
-        print(f"round {i + 1}: create {t1 - t0:.2f} s, start {t2 - t1:.2f} s, "
-              f"DHCP address {ip} after {t3 - t2:.2f} s; create->running+ip {t3 - t0:.2f} s")  # fmt: skip
+        print(
+            f"round {i + 1}: create {t1 - t0:.2f} s, start {t2 - t1:.2f} s, "
+            f"DHCP address {ip} after {t3 - t2:.2f} s; create->running+ip {t3 - t0:.2f} s"
+        )
     print(f"create->running (with address): median {statistics.median(results):.2f} s "
           f"over {len(results)} rounds")  # fmt: skip
 

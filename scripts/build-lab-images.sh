@@ -61,6 +61,9 @@ fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"; stop_dockerd' EXIT
+# The host's trust store, for pip during the build only (this machine's egress may use
+# its own CA). A public CA bundle, not a secret.
+cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ctx/build-ca.crt"
 
 build() { # build IMAGE TARBALL (Dockerfile and files in $ctx)
   local image=$1 tarball=$2
@@ -98,8 +101,10 @@ FROM $BASE
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
       python3 python3-venv ca-certificates git \\
  && rm -rf /var/lib/apt/lists/*
+COPY build-ca.crt /tmp/build-ca.crt
 RUN python3 -m venv /opt/hermes \\
- && /opt/hermes/bin/pip install --no-cache-dir 'hermes-agent==$HERMES_VERSION'
+ && PIP_CERT=/tmp/build-ca.crt /opt/hermes/bin/pip install --no-cache-dir 'hermes-agent==$HERMES_VERSION' \\
+ && rm -f /tmp/build-ca.crt
 RUN groupadd -g 10000 hermes && useradd -u 10000 -g 10000 -d /opt/data -M -s /bin/sh hermes
 ENV PATH=/opt/hermes/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
     HERMES_HOME=/opt/data PYTHONUNBUFFERED=1
@@ -118,8 +123,10 @@ FROM $BASE
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
       python3 python3-venv ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
+COPY build-ca.crt /tmp/build-ca.crt
 RUN python3 -m venv /opt/litellm \\
- && /opt/litellm/bin/pip install --no-cache-dir 'litellm[proxy]==$LITELLM_VERSION'
+ && PIP_CERT=/tmp/build-ca.crt /opt/litellm/bin/pip install --no-cache-dir 'litellm[proxy]==$LITELLM_VERSION' \\
+ && rm -f /tmp/build-ca.crt
 ENV PATH=/opt/litellm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
     PYTHONUNBUFFERED=1
 WORKDIR /app

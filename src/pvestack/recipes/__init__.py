@@ -46,7 +46,7 @@ __all__ = [
     "render_app",
 ]
 
-HERMES_DEFAULT_IMAGE = "nousresearch/hermes-agent:v2026.7.1"
+HERMES_DEFAULT_IMAGE = "nousresearch/hermes-agent:v2026.7.20"  # hermes-agent 0.19.0 (2026.7.20)
 LITELLM_VERSION = "1.82.6"
 LITELLM_DEFAULT_IMAGE = f"ghcr.io/berriai/litellm:main-v{LITELLM_VERSION}"
 # litellm 1.82.7 and 1.82.8 were malicious releases (credential stealers).

@@ -11,6 +11,7 @@ Nothing here prints: progress goes to a callback (the CLI renders it).
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pvestack._model import (
     HostPathFact,
     ObservedState,
     Plan,
+    StackSpec,
 )
 from pvestack._observe import FactReader, observe
 from pvestack._plan import plan as make_plan_from
@@ -128,12 +130,16 @@ class TransportFactReader:
             out.append(HostPathFact(path=p, exists=True, uid=int(uid), gid=int(gid), mode=mode))
         return tuple(out)
 
-    def guest_files(self, vmid: int, paths: Sequence[str]) -> Mapping[str, str | None]:
-        out: dict[str, str | None] = {}
-        for p in paths:
-            r = self.transport.capture(cmd("pct", "exec", str(vmid), "--", "sha256sum", "--", p))
-            out[p] = r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
-        return out
+    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
+        """The recipe's read-only fact commands (``pvestack._steps.guest``), run as root."""
+        try:
+            guest: Any = importlib.import_module("pvestack._steps.guest")
+        except ImportError:
+            return {}
+        commands = guest.guest_fact_commands(stack, vmid)
+        outputs = [self.transport.capture(c).stdout for c in commands]
+        facts: Mapping[str, str] = guest.parse_guest_facts(outputs)
+        return facts
 
 
 # ---------------------------------------------------------------- plan
@@ -225,10 +231,8 @@ ProgressHook = Callable[[Action, str, str], None]  # action, phase ("start"|outc
 
 
 def _vmid_of(action: Action) -> int:
-    t = action.target
-    if t.startswith("lxc/"):
-        return int(t.split()[0].split("/")[1])
-    return 0
+    m = re.match(r"lxc/(\d+)", action.target)
+    return int(m.group(1)) if m else 0
 
 
 def _node_of(action: Action) -> str:

@@ -36,7 +36,10 @@ class FactReader(Protocol):
 
     def host_paths(self, paths: Sequence[str]) -> tuple[HostPathFact, ...]: ...
 
-    def guest_files(self, vmid: int, paths: Sequence[str]) -> Mapping[str, str | None]: ...
+    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
+        """What the app's recipe needs to see inside the running guest (files, images,
+        services), as ``key -> value`` facts."""
+        ...
 
 
 def parse_tags(value: Any) -> tuple[str, ...]:
@@ -178,7 +181,8 @@ def _next_free(client: PveClient, reserved: set[int]) -> int:
 def _read_facts(reader: FactReader, spec: StackSpec, obs: ObservedStack) -> ObservedStack:
     paths = [m.host_path for m in spec.container.bind_mounts]
     facts = reader.host_paths(paths) if paths else ()
-    guest_files: Mapping[str, str | None] = {}
-    if spec.app is not None and obs.container is not None and obs.container.status == "running":
-        guest_files = reader.guest_files(obs.container.vmid, [f.path for f in spec.app.files])
-    return replace(obs, host_paths=tuple(facts), guest_files=dict(guest_files))
+    guest_facts: Mapping[str, str] = {}
+    c = obs.container
+    if spec.app is not None and c is not None and c.status == "running" and c.marked:
+        guest_facts = reader.guest_facts(spec, c.vmid)
+    return replace(obs, host_paths=tuple(facts), guest_facts=dict(guest_facts))

@@ -563,3 +563,16 @@ def test_lab_only_param_errors(lab: Side, path: str, errors: dict[str, str]) -> 
         "Parameter verification failed.\n",
         errors,
     )
+
+
+def test_create_with_missing_template_fails_in_the_task(lab: Side, fake: Side) -> None:
+    params = {**create_params(230), "ostemplate": "local:vztmpl/missing_1.0_amd64.tar.zst"}
+    a, b = same(lab, fake, "POST", f"/nodes/{NODE}/lxc", params)
+    assert (
+        lab.wait(a.body["data"])
+        == fake.wait(b.body["data"])
+        == (
+            "unable to create CT 230 - volume 'local:vztmpl/missing_1.0_amd64.tar.zst' does not exist"
+        )
+    )
+    same(lab, fake, "GET", f"/nodes/{NODE}/lxc/230/config")

@@ -145,8 +145,10 @@ def test_create_writes_pve_config_and_volume(node: Node, tmp_path: Path) -> None
 
 def test_create_of_a_missing_template_fails_in_the_task(node: Node, tmp_path: Path) -> None:
     upid = node.create({"vmid": 101, "ostemplate": "local:vztmpl/none.tar.zst"}, user=TOKEN)
-    status, message = error(node.wait, upid, 10)
-    assert status == 500 and message.startswith("unable to create CT 101 - volume")
+    assert error(node.wait, upid, 10) == (
+        500,
+        "unable to create CT 101 - volume 'local:vztmpl/none.tar.zst' does not exist",
+    )
     assert not (tmp_path / "etc/pve/lxc/101.conf").exists()
     assert not (tmp_path / "storage/local-lvm/images/101").exists()
 

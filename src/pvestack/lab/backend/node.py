@@ -493,6 +493,7 @@ class Node:
         if unprivileged:
             final["unprivileged"] = "1"
         description = final.pop("description", None)
+        final["_ostemplate"] = ostemplate  # for the task's message; never written
         description = description.rstrip("\n") or None if description else None
         with self.locked():
             if self.conf_path(vmid).exists():
@@ -536,7 +537,9 @@ class Node:
         log: TaskLog,
     ) -> None:
         if not template.is_file():
-            raise PveError(500, f"unable to create CT {vmid} - volume '{template}' does not exist")
+            volid = str(final.get("_ostemplate", template))
+            raise PveError(500, f"unable to create CT {vmid} - volume '{volid}' does not exist")
+        final.pop("_ostemplate", None)
         owner = _mapped_root((), unprivileged)
         for k in sorted(mounts, key=lambda k: (k != "rootfs", k)):
             final[k] = self._realise(vmid, k, mounts[k], owner, log)

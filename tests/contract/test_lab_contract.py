@@ -572,7 +572,8 @@ def test_create_with_missing_template_fails_in_the_task(lab: Side, fake: Side) -
         lab.wait(a.body["data"])
         == fake.wait(b.body["data"])
         == (
-            "unable to create CT 230 - volume 'local:vztmpl/missing_1.0_amd64.tar.zst' does not exist"
+            "unable to create CT 230 - volume 'local:vztmpl/missing_1.0_amd64.tar.zst' "
+            "does not exist"
         )
     )
     same(lab, fake, "GET", f"/nodes/{NODE}/lxc/230/config")

@@ -114,6 +114,7 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     assert "lxc.idmap = u 0 100000 65536" in lxc_conf
     assert f"lxc.mount.entry = {host_dir} data none bind,create=dir 0 0" in lxc_conf
     assert "keyctl" not in (lab.dir / "lxc" / str(VMID) / "rules.seccomp").read_text()
+    assert "# keyctl: allowed (keyctl=1)" in lxc_conf
 
     # A file written as root inside lands on the host owned by 100000.
     out = ssh(env, f"pct exec {VMID} -- sh -c 'id -u && echo hello > /data/from-root.txt'")
@@ -180,3 +181,6 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     upid = api.ok("POST", f"/nodes/{{node}}/lxc/{VMID}/status/stop")
     assert api.wait(upid)["exitstatus"] == "OK"
     assert rt.state(VMID) == "stopped"
+    _pct(env, f"set {VMID} -delete mp0")
+    assert "mp0" not in _pct(env, f"config {VMID}")
+    assert "mp0" not in api.ok("GET", f"/nodes/{{node}}/lxc/{VMID}/config")

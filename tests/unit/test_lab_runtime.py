@@ -76,6 +76,9 @@ def test_nesting_means_rw_cgroup_and_nesting_conf(tmp_path: Path) -> None:
 def test_keyctl_is_enosys_unless_the_feature_is_set(tmp_path: Path) -> None:
     rt = _rt(tmp_path)
     assert "keyctl errno 38" in rt.seccomp_rules(BASE)
+    assert "# keyctl: ENOSYS via seccomp (no keyctl=1)" in rt.lxc_config(118, BASE, [])
+    with_keyctl = rt.lxc_config(118, {**BASE, "features": "keyctl=1"}, [])
+    assert "# keyctl: allowed (keyctl=1)" in with_keyctl
     assert "keyctl" not in rt.seccomp_rules({**BASE, "features": "keyctl=1,nesting=1"})
     # privileged containers: PVE adds no keyctl rule
     assert "keyctl" not in rt.seccomp_rules({**BASE, "unprivileged": "0"})

@@ -388,7 +388,18 @@ class LxcRuntime:
             add(f"lxc.net.{idx}.flags", "up")
         for k, v in raw_lxc:
             add(k, v)
-        return "".join(f"{k} = {v}\n" for k, v in lines)
+        keyctl = bool_opt(features.get("keyctl"))
+        head = [
+            f"# pvestack lab: CT {vmid} from its PVE config (pve-container's translation)",
+            f"# features: {conf.get('features', '') or '(none)'}",
+            "# keyctl: "
+            + (
+                "allowed (keyctl=1)"
+                if keyctl or not unprivileged
+                else "ENOSYS via seccomp (no keyctl=1)"
+            ),
+        ]
+        return "".join(h + "\n" for h in head) + "".join(f"{k} = {v}\n" for k, v in lines)
 
     def seccomp_rules(self, conf: Mapping[str, str]) -> str:
         """The seccomp profile: LXC's common one; keyctl answers ENOSYS unless ``keyctl=1``

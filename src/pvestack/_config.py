@@ -187,8 +187,8 @@ class TemplateSection(_Strict):
                 f"template file name {name!r} must end in .tar or .tar.(gz|xz|zst|bz2)"
                 " (set filename when the URL does not end in one)"
             )
-        if (self.checksum is None) != (self.checksum_algorithm is None):
-            raise ValueError("checksum and checksum_algorithm go together")
+        if self.checksum is not None and self.checksum_algorithm is None:
+            raise ValueError("checksum needs checksum_algorithm (e.g. sha512)")
         return self
 
     @property
@@ -511,7 +511,13 @@ def _interpolate(  # noqa: PLR0917
     from ``PVESTACK_LAB_*``). Secrets are never written inline, so never expanded here.
     """
     if isinstance(node, dict):
-        return {k: _interpolate(v, env, (*loc, k), problems, text, fname) for k, v in node.items()}
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            value = _interpolate(v, env, (*loc, k), problems, text, fname)
+            if value == "" and isinstance(v, str) and _VAR_RE.fullmatch(v):
+                continue  # key = "${VAR:-}" with VAR unset: as if the key were absent
+            out[k] = value
+        return out
     if isinstance(node, list):
         return [_interpolate(v, env, (*loc, i), problems, text, fname) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:

@@ -211,3 +211,34 @@ def test_env_interpolation(example_text: str) -> None:
     line, key, msg = got[0]
     assert key == "stack[0].datastore" and "${LAB_STORAGE} is not set" in msg
     assert text.splitlines()[line - 1].startswith("datastore")  # type: ignore[operator]
+
+
+def test_empty_interpolation_means_unset(example_text: str) -> None:
+    zeros = ":".join(["00"] * 32)
+    text = example_text.replace(
+        f'fingerprint = "{zeros}"',
+        'fingerprint = "${NO_SUCH_FP:-}"\nca_file = "/etc/pve/pve-root-ca.pem"',
+    )
+    text = text.replace(
+        '[stack.template]\nstorage = "local"',
+        '[stack.template]\nstorage = "local"\nchecksum = "${NO_SUM:-}"\n'
+        'checksum_algorithm = "sha512"',
+    )
+    cfg = parse_config(text, "x.toml", env={})
+    assert cfg.pve.fingerprint is None and cfg.pve.ca_file == "/etc/pve/pve-root-ca.pem"
+    assert cfg.stack[0].template.checksum is None
+
+
+def test_lab_file_loads_with_the_lab_env() -> None:
+    lab = EXAMPLE.parent / "lab.toml"
+    if not lab.exists():
+        pytest.skip("examples/lab.toml not in this checkout")
+    env = {
+        "PVESTACK_FINGERPRINT": "AB:" * 31 + "CD",
+        "PVESTACK_LAB_TEMPLATE_SHA512": "0" * 128,
+        "PVESTACK_NODE": "pve",
+    }
+    cfg = parse_config(lab.read_text(), str(lab), env=env)
+    assert [s.name for s in cfg.stack] == ["gateway", "hermes"]
+    assert cfg.pve.fingerprint == "AB:" * 31 + "CD"
+    assert cfg.stack[1].template.checksum == "0" * 128

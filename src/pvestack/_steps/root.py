@@ -172,14 +172,14 @@ def host_dir_step(mount: BindMount, idmap: IdMap, *, chown_recursive: bool = Fal
 _PCT_SET_GUARD = r"""set -u
 vmid=$1; shift
 cfg=$(pct config "$vmid") || exit 1
-norm() { printf '%s\n' "$1" | tr ',' '\n' | sed '/^$/d' | LC_ALL=C sort; }
+norm() { printf "%s\n" "$1" | tr , "\n" | sed "/^\$/d" | LC_ALL=C sort; }
 for arg in "$@"; do
   case $arg in
     +*) kv=${arg#+}; k=${kv%%=*}; v=${kv#*=}
-        have=$(printf '%s\n' "$cfg" | sed -n "s/^$k: //p" | head -n 1)
+        have=$(printf "%s\n" "$cfg" | sed -n "s/^$k: //p" | head -n 1)
         [ "$(norm "$have")" = "$(norm "$v")" ] || exit 1 ;;
     -*) k=${arg#-}
-        if printf '%s\n' "$cfg" | grep -q "^$k: "; then exit 1; fi ;;
+        if printf "%s\n" "$cfg" | grep -q "^$k: "; then exit 1; fi ;;
   esac
 done
 exit 0"""
@@ -211,18 +211,19 @@ def pct_set_step(vmid: int, set_keys: Mapping[str, str], delete_keys: Sequence[s
 
 # The lxc.idmap lines of the main section (before the first [snapshot]/[pve:pending]).
 _IDMAP_READ = (
-    r"""awk '/^\[/{exit} /^lxc\.idmap[:=]/{sub(/^lxc\.idmap[:=][ \t]*/,""); print}' "$conf" """
-    + "| paste -sd ';' -"
+    r"""awk "/^\[/{exit} /^lxc\.idmap[:=]/{sub(/^lxc\.idmap[:=][ \t]*/, \"\"); print}" "$conf" """
+    + '| paste -sd ";" -'
 )
 
 _IDMAP_COMMON = r"""set -u
-vmid=$1; want=$2; ranges=$3
-dir=${CONF_DIR:-}
+vmid=$1; want=$2; ranges=$3; subid=$5
+dir=$4
 [ -n "$dir" ] || dir=__DIR__
 conf="$dir/$vmid.conf"
 test -f "$conf" || { echo "no config file $conf" >&2; exit 2; }
 covered() { # file kind host_start count: some root:start:count line covers the range
-  awk -F: -v s="$2" -v c="$3" '$1=="root" && $2<=s && s+c<=$2+$3 {f=1} END{exit !f}' "$1"
+  awk -F: -v s="$2" -v c="$3" \
+    "\$1 == \"root\" && \$2 <= s && s + c <= \$2 + \$3 {f = 1} END {exit !f}" "$1"
 }
 """.replace("__DIR__", CONF_DIR_EXPR)
 
@@ -233,7 +234,7 @@ _IDMAP_GUARD = (
     + r""")" = "$want" ] || exit 1
 for r in $ranges; do
   kind=${r%%:*}; rest=${r#*:}; s=${rest%%:*}; c=${rest#*:}
-  f=/etc/subuid; [ "$kind" = g ] && f=/etc/subgid
+  f=$subid/subuid; [ "$kind" = g ] && f=$subid/subgid
   test -f "$f" && covered "$f" "$kind" "$s" "$c" || exit 1
 done
 exit 0"""
@@ -242,50 +243,50 @@ exit 0"""
 _IDMAP_WRITE = (
     _IDMAP_COMMON
     + r"""tmp=$(mktemp)
-trap 'rm -f "$tmp"' EXIT
-awk -v want="$want" '
+cleanup() { rm -f -- "$tmp"; }
+trap cleanup EXIT
+awk -v want="$want" "
   BEGIN { main = 1 }
   main && /^\[/ { flush(); main = 0 }
   main && /^lxc\.idmap[:=]/ { next }
   { print }
   END { if (main) flush() }
   function flush(  n, i, l) {
-    n = split(want, l, ";")
-    for (i = 1; i <= n; i++) if (l[i] != "") print "lxc.idmap: " l[i]
-  }' "$conf" > "$tmp"
+    n = split(want, l, \";\")
+    for (i = 1; i <= n; i++) if (l[i] != \"\") print \"lxc.idmap: \" l[i]
+  }" "$conf" > "$tmp"
 cat "$tmp" > "$conf"
 for r in $ranges; do
   kind=${r%%:*}; rest=${r#*:}; s=${rest%%:*}; c=${rest#*:}
-  f=/etc/subuid; [ "$kind" = g ] && f=/etc/subgid
+  f=$subid/subuid; [ "$kind" = g ] && f=$subid/subgid
   touch "$f"
-  covered "$f" "$kind" "$s" "$c" || printf 'root:%s:%s\n' "$s" "$c" >> "$f"
+  covered "$f" "$kind" "$s" "$c" || printf "root:%s:%s\n" "$s" "$c" >> "$f"
 done"""
 )
 
 
-def idmap_step(vmid: int, idmap: IdMap, *, conf_dir: str | None = None) -> Step:
+def idmap_step(
+    vmid: int, idmap: IdMap, *, conf_dir: str | None = None, subid_dir: str = "/etc"
+) -> Step:
     """``lxc.idmap`` lines in the CT's config file (main section) plus the root ranges
-    in /etc/subuid and /etc/subgid that allow them. A default map removes the lines."""
+    in /etc/subuid and /etc/subgid that allow them. A default map removes the lines.
+
+    ``conf_dir`` pins the config directory (else looked up at run time, see the module
+    doc); ``subid_dir`` is where subuid/subgid live (``/etc``)."""
     problems = idmap_problems(idmap)
     if problems:
         raise ConfigError(problems)
     lines = [e.lxc_line for e in idmap.entries] if idmap.custom else []
     want = ";".join(lines)
     ranges = " ".join(f"{e.kind}:{e.host_start}:{e.count}" for e in idmap.entries)
-    args = (str(vmid), want, ranges)
-    if conf_dir is not None:
-        guard_s = _IDMAP_GUARD.replace("dir=${CONF_DIR:-}", "dir=$4")
-        write_s = _IDMAP_WRITE.replace("dir=${CONF_DIR:-}", "dir=$4")
-        args = (*args, conf_dir)
-    else:
-        guard_s, write_s = _IDMAP_GUARD, _IDMAP_WRITE
+    args = (str(vmid), want, ranges, conf_dir or "", subid_dir)
     return Step(
         id=f"idmap:{vmid}",
         description=f"CT {vmid}: lxc.idmap "
         + ("; ".join(lines) if lines else "default (no lxc.idmap lines)")
         + ", root ranges in /etc/subuid and /etc/subgid",
-        guard=_sh(guard_s, *args),
-        commands=(_sh(write_s, *args),),
+        guard=_sh(_IDMAP_GUARD, *args),
+        commands=(_sh(_IDMAP_WRITE, *args),),
     )
 
 
@@ -293,22 +294,22 @@ def idmap_step(vmid: int, idmap: IdMap, *, conf_dir: str | None = None) -> Step:
 # than the container started (so whatever changed is in effect).
 _REBOOT_GUARD = r"""set -u
 vmid=$1
-pct status "$vmid" | grep -qx 'status: running' || exit 1
+pct status "$vmid" | grep -qx "status: running" || exit 1
 [ "$(pct config "$vmid")" = "$(pct config "$vmid" --current)" ] || exit 1
 conf=__DIR__/$vmid.conf
-up=$(pct status "$vmid" --verbose | sed -n 's/^uptime: //p')
+up=$(pct status "$vmid" --verbose | sed -n "s/^uptime: //p")
 [ -n "$up" ] || exit 1
 [ "$(stat -c %Y "$conf")" -le "$(( $(date +%s) - up ))" ]""".replace("__DIR__", CONF_DIR_EXPR)
 
 _REBOOT = r"""set -u
 vmid=$1; timeout=$2
-if pct status "$vmid" | grep -qx 'status: running'; then
+if pct status "$vmid" | grep -qx "status: running"; then
   pct reboot "$vmid"
 else
   pct start "$vmid"
 fi
 i=0
-until pct status "$vmid" | grep -qx 'status: running'; do
+until pct status "$vmid" | grep -qx "status: running"; do
   i=$((i + 1))
   if [ "$i" -gt "$timeout" ]; then echo "CT $vmid is not running after ${timeout}s" >&2; exit 1; fi
   sleep 1
@@ -333,9 +334,10 @@ if [ "$ro" = 1 ]; then
     echo "$ct is not readable by $uid:$gid in CT $vmid" >&2; exit 1; }
   exit 0
 fi
-trap 'rm -f -- "$host/$name"' EXIT
+cleanup() { rm -f -- "$host/$name"; }
+trap cleanup EXIT
 pct exec "$vmid" -- setpriv --reuid "$uid" --regid "$gid" --clear-groups \
-  sh -c 'umask 022 && : > "$1"' sh "$ct/$name" || {
+  sh -c "umask 022 && : > \"\$1\"" sh "$ct/$name" || {
   echo "uid $uid cannot write to $ct in CT $vmid" >&2; exit 1; }
 test -e "$host/$name" || {
   echo "the probe written to $ct in CT $vmid is not in $host on the node" >&2; exit 1; }

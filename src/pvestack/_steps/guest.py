@@ -428,7 +428,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
     facts = observed.guest_facts
     running = observed.container is not None and observed.container.status == "running"
     known = running and bool(facts or observed.guest_files)
-    target = f"lxc/{vmid}"
+    target = f"lxc/{vmid} on {stack.container.node}"
     pre = f"running:{stack.name}"
     actions: list[Action] = []
 
@@ -474,7 +474,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
             Action(
                 id=f"{stack.name}:guest:file:{f.path}",
                 change=Change.CREATE if there == "absent" else Change.UPDATE,
-                target=f"{target}:{f.path}",
+                target=f"{f.path} in {target}",
                 actor=Actor.GUEST,
                 reason=f"{app.recipe} file"
                 + (" (not observed: written only if different)" if in_sync is None else ""),

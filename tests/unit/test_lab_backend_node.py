@@ -6,7 +6,11 @@ and tests/lab."""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -324,3 +328,21 @@ def test_description_round_trip(node: Node, tmp_path: Path) -> None:
     )
     node.set_config(100, {"description": "100% done\n"})
     assert node.get_config(100)["description"] == "100% done\n"
+
+
+def test_node_lock_is_reentrant_and_excludes_other_processes(node: Node, tmp_path: Path) -> None:
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    )
+    lockfile = str(tmp_path / "etc/pve/.lock")
+    with node.locked(), node.locked():
+        held = subprocess.run(
+            [sys.executable, "-c", probe, lockfile], capture_output=True, check=False
+        )
+        assert held.returncode != 0 and b"BlockingIOError" in held.stderr
+    fd = os.open(lockfile, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again
+    finally:
+        os.close(fd)

@@ -104,6 +104,7 @@ class Node:
         self.lxc_dir.mkdir(parents=True, exist_ok=True)
         self.storages.ensure()
         self._thread_lock = threading.RLock()
+        self._held = threading.local()
         self._fail_next: dict[str, str] = {}
 
     # ------------------------------------------------------------------ locking and files
@@ -112,11 +113,21 @@ class Node:
     def locked(self) -> Iterator[None]:
         """The node-wide lock (threads of this process and other processes, e.g. pct)."""
         with self._thread_lock:
+            depth = getattr(self._held, "depth", 0)
+            if depth:  # re-entered in this thread: the flock is already ours
+                self._held.depth = depth + 1
+                try:
+                    yield
+                finally:
+                    self._held.depth = depth
+                return
             fd = os.open(self.etc / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                self._held.depth = 1
                 yield
             finally:
+                self._held.depth = 0
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 

@@ -590,16 +590,6 @@ class Node:
         path = Path(vol) if vol.startswith("/") else self.storages.volume_path(vol)
         return path, rest
 
-    def runtime_conf(self, vmid: int) -> tuple[dict[str, str], list[tuple[str, str]]]:
-        """The config as ``Runtime.start`` gets it: volumes resolved to directories."""
-        c = self.load(vmid)
-        opts = dict(c.main.options)
-        for k, v in c.main.options.items():
-            if _MOUNT_KEY.match(k):
-                path, rest = self._resolve_mount(v)
-                opts[k] = f"{path},{rest}" if rest else str(path)
-        return opts, list(c.main.raw)
-
     def _purge(self, vmid: int) -> None:
         with contextlib.suppress(Exception):
             self.runtime.destroy(vmid)

@@ -26,8 +26,10 @@ import pytest
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
+from pvestack.lab.api.routes import ROUTES, resolve
 from pvestack.lab.api.server import LabApiServer, fingerprint
 from pvestack.lab.backend.node import Node
+from pvestack.lab.backend.schema import api_schema
 from pvestack.lab.runtime.lxc import LxcRuntime
 
 pytestmark = pytest.mark.contract
@@ -359,3 +361,15 @@ def test_keep_alive_survives_errors_with_bodies(lab: Lab) -> None:
             assert r.status == 200 and json.loads(r.read())["data"]["release"] == "9.1"
     finally:
         conn.close()
+
+
+def test_every_route_is_a_schema_method_and_resolves() -> None:
+    for method, template in ROUTES:
+        assert method in api_schema()[template]["info"], (method, template)
+        concrete = template.replace("{node}", NODE).replace("{vmid}", "100")
+        concrete = concrete.replace("{storage}", "local").replace("{snapname}", "s1")
+        concrete = concrete.replace("{upid}", "UPID:x").replace("{volume}", "local%3Aiso%2Fa.iso")
+        match = resolve(concrete)
+        assert match is not None and match.template == template, concrete
+    assert resolve(f"/nodes/{NODE}/lxc/100/status/current").template.endswith("/current")
+    assert resolve("/nowhere") is None

@@ -222,7 +222,7 @@ dir=$4
 conf="$dir/$vmid.conf"
 test -f "$conf" || { echo "no config file $conf" >&2; exit 2; }
 covered() { # file kind host_start count: some root:start:count line covers the range
-  awk -F: -v s="$2" -v c="$3" \
+  awk -F: -v s="$3" -v c="$4" \
     "\$1 == \"root\" && \$2 <= s && s + c <= \$2 + \$3 {f = 1} END {exit !f}" "$1"
 }
 """.replace("__DIR__", CONF_DIR_EXPR)

@@ -14,7 +14,7 @@ import yaml
 
 from pvestack._commands import MASK, Payload, Secret
 from pvestack._config import load_config
-from pvestack._desired import build_desired
+from pvestack._desired import build_desired, check_apps
 from pvestack._errors import ConfigError, SecretError
 from pvestack._model import AppFile, AppSpec
 from pvestack.recipes import (
@@ -154,8 +154,6 @@ def test_problems_are_anchored_in_the_stack_file(tmp_path: Path) -> None:
     text = text.replace('default_model = "gpt-4o-mini"', 'default_model = "gpt-4o-mini"\nshm = 1')
     p = tmp_path / "s.toml"
     p.write_text(text)
-    from pvestack._desired import check_apps
-
     cfg = load_config(p, env={"PVESTACK_TOKEN_SECRET": "x"})
     with pytest.raises(ConfigError) as ei:
         check_apps(cfg)
@@ -264,7 +262,10 @@ def test_compose_config_accepts_the_files(tmp_path: Path) -> None:
     if shutil.which("docker-compose"):
         argv = ["docker-compose"]
     elif shutil.which("docker") and (
-        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+        subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
     ):
         argv = ["docker", "compose"]
     if argv is None:
@@ -284,6 +285,7 @@ def test_compose_config_accepts_the_files(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             env={**os.environ},
+            check=False,
         )
         assert r.returncode == 0, r.stderr
 

@@ -71,6 +71,7 @@ if [ "$fpr" != "{DOCKER_KEY_FINGERPRINT}" ]; then
   exit 1
 fi
 install -m 0644 "$tmp/docker.asc" /etc/apt/keyrings/docker.asc
+# shellcheck source=/dev/null
 . /etc/os-release
 echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian $VERSION_CODENAME stable" >/etc/apt/sources.list.d/docker.list
 apt-get update -q

@@ -313,13 +313,38 @@ def apply(
     return ApplyResult(tuple(results), p, pending_reason=pending_reason)
 
 
+def console_actions(p: Plan) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
+    """The actions a printed console script can carry, and those it cannot.
+
+    Root actions always (they never hold a secret); guest actions in order until the
+    first one whose steps carry a secret (a printed script never holds one): that
+    one and the rest of its stack's guest actions need the SSH transport.
+    """
+    script: list[Action] = []
+    left: list[Action] = []
+    stopped: set[str] = set()
+    for a in p.actions:
+        if a.actor is Actor.API:
+            continue
+        if not a.steps:
+            left.append(a)
+            continue
+        if a.actor is Actor.GUEST and (a.stack in stopped or any(s.has_secret for s in a.steps)):
+            stopped.add(a.stack)
+            left.append(a)
+            continue
+        script.append(a)
+    return tuple(script), tuple(left)
+
+
 def root_steps(p: Plan) -> tuple[Step, ...]:
-    """The root steps of a plan, in order (for the console script)."""
-    return tuple(s for a in p.actions if a.actor is Actor.ROOT for s in a.steps)
+    """The steps of the console script, in order."""
+    return tuple(s for a in console_actions(p)[0] for s in a.steps)
 
 
 def console_script(p: Plan, *, title: str) -> str:
-    """The plan's root steps as one idempotent script for the node's shell."""
+    """The plan's root (and secret-free guest) steps as one idempotent script for the
+    node's shell, ending with ``CONSOLE_SUCCESS_MARKER``."""
     return render_script(root_steps(p), title=title, success_marker=CONSOLE_SUCCESS_MARKER)
 
 

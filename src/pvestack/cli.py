@@ -244,10 +244,18 @@ def apply(
     code = res.exit_code
     if report is not None and not report.ok:
         code = 1
+    script: str | None = None
+    if res.pending and cfg.root.via == "console":
+        # the token's part changed the node (e.g. started the CT): the script comes
+        # from a fresh plan, so it holds what is needed now (the reboot, for one)
+        fresh = _guard(
+            lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
+        ).plan
+        script = _console_script_or_none(fresh, cfg)
     if json_out:
         data = res.to_json()
         if res.pending and cfg.root.via == "console":
-            data["console_script"] = _console_script_or_none(p, cfg)
+            data["console_script"] = script
         data["verify"] = report.to_json() if report is not None else None
         data["exit_code"] = code
         _print_json(data)
@@ -264,17 +272,16 @@ def apply(
     )
     if res.pending:
         out.print(f"Root steps pending: {res.pending_reason}", markup=False)
-        if cfg.root.via == "console":
-            script = _console_script_or_none(p, cfg)
-            if script:
-                out.print("\n# --- run this in the node's shell (as root), then apply again ---")
-                out.print(script, markup=False)
+        if script:
+            out.print("\n# --- run this in the node's shell (as root), then apply again ---")
+            out.print(script, markup=False)
     raise typer.Exit(code)
 
 
 def _console_script_or_none(p: Any, cfg: StackFile) -> str | None:
+    in_script, _left = engine.console_actions(p)
     pending_root = [a for a in p.actions if a.actor is Actor.ROOT]
-    if not pending_root or any(not a.steps for a in pending_root):
+    if not in_script or any(not a.steps for a in pending_root):
         return None
     try:
         return engine.console_script(p, title=f"pvestack root steps for {cfg.source_file}")
@@ -304,13 +311,10 @@ def console_script(
         ca_file=ca_file, node=node,
     )  # fmt: skip
     client = _client(cfg, insecure)
-    result = _guard(
-        lambda: engine.plan(
-            cfg, client, adopt=adopt, chown_recursive=chown_recursive, with_apps=False
-        )
-    )
+    result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive))
     root_actions = result.plan.by_actor(Actor.ROOT)
-    if not root_actions:
+    in_script, left = engine.console_actions(result.plan)
+    if not in_script and not left:
         err.print("No root steps pending.")
         return
     missing = [a.id for a in root_actions if not a.steps]
@@ -324,6 +328,11 @@ def console_script(
         lambda: engine.console_script(result.plan, title=f"pvestack root steps: {cfg.source_file}")
     )
     sys.stdout.write(script)
+    for a in left:
+        err.print(
+            f"not in the script: {escape(a.id)} (it carries a secret or waits for one: "
+            'it needs root.via = "ssh")'
+        )
 
 
 # ---------------------------------------------------------------- destroy

@@ -5,6 +5,8 @@ API schema by the ``recorder`` fixture."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -365,3 +367,27 @@ def test_console_poll_lists_what_root_has_not_done_yet(
     assert missing() == []
     after = plan(stack_cfg, client).plan
     assert after.by_actor(Actor.API) == () and after.by_actor(Actor.ROOT) == ()
+
+
+def test_console_mode_prints_a_script_from_the_fresh_state(
+    pve: Any, stack_cfg: StackFile, tmp_path: Any
+) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json"])
+    assert r.exit_code == 3, r.output
+    script = json.loads(r.stdout)["console_script"]
+    assert script is not None
+    # the token started the CT before root could act: the script must reboot it
+    assert "pct set 118 -features keyctl=1,nesting=1 -mp0 /mnt/pve/hdd/hermes,mp=/data" in script
+    assert "pct reboot" in script
+    assert script.rstrip().endswith("echo PVESTACK-ROOT-STEPS-DONE")
+    assert "sk-contract-test" not in script  # the gateway key never in a printed script
+    f = tmp_path / "root.sh"
+    f.write_text(script)
+    subprocess.run(["bash", "-n", str(f)], check=True)
+    if shutil.which("shellcheck"):
+        # info-level SC2016 flags the intended single-quoted `sh -c` programs
+        subprocess.run(["shellcheck", "-S", "warning", "-s", "bash", str(f)], check=True)
+    r = runner.invoke(app, ["console-script", "-c", stack_cfg.source_file])
+    assert r.exit_code == 0, r.output
+    assert "pct reboot" in r.stdout and "sk-contract-test" not in r.stdout

@@ -91,7 +91,7 @@ class Api:
 
 
 def ssh(
-    env: dict[str, str], command: str, timeout: float = 600
+    env: dict[str, str], command: str, timeout: float = 600, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Root on the lab node over SSH, the way pvestack's SSH path reaches a PVE node."""
     argv = [
@@ -100,4 +100,6 @@ def ssh(
         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
         f"{env['PVESTACK_SSH_USER']}@{env['PVESTACK_SSH_HOST']}", command,
     ]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        argv, input=stdin or "", capture_output=True, text=True, timeout=timeout, check=False
+    )

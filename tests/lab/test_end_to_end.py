@@ -123,6 +123,11 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     assert (st_host.st_uid, st_host.st_gid) == (100000, 100000)
     assert (host_dir / "from-root.txt").read_text() == "hello\n"
 
+    # pct exec passes stdin through (how payloads reach a guest without argv)
+    piped = ssh(env, f"pct exec {VMID} -- sh -c 'cat > /root/in.txt && wc -c < /root/in.txt'",
+                stdin="payload-on-stdin")  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout.strip() == "16", piped.stderr
+
     # push / pull through root's pct
     src = tmp_path / "pushed.txt"
     src.write_text("pushed\n")

@@ -577,3 +577,14 @@ def test_create_with_missing_template_fails_in_the_task(lab: Side, fake: Side) -
         )
     )
     same(lab, fake, "GET", f"/nodes/{NODE}/lxc/230/config")
+
+
+def test_root_ticket_may_set_keyctl_and_bind_mounts(lab: Side, fake: Side) -> None:
+    params = {"features": "nesting=1,keyctl=1", "mp0": "/srv/hermes,mp=/opt/data"}
+    a, _ = same(lab, fake, "PUT", CFG, params, as_root=True)
+    assert a.status == 200
+    got = [side.call("GET", CFG).body["data"] for side in (lab, fake)]
+    assert got[0]["features"] == got[1]["features"] == "keyctl=1,nesting=1"
+    assert got[0]["mp0"] == got[1]["mp0"] == "/srv/hermes,mp=/opt/data"
+    a, _ = same(lab, fake, "PUT", CFG, {"delete": "mp0"}, as_root=True)
+    assert "mp0" not in lab.call("GET", CFG).body["data"]

@@ -7,6 +7,7 @@ Docker engine on the host (FORWARD policy DROP) keeps working and the lab works 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import subprocess
@@ -17,6 +18,7 @@ from pvestack.lab.runtime import procs
 
 DEFAULT_BRIDGE = "pvlab0"
 DEFAULT_SUBNET = "10.77.0.0/24"
+FORWARD_RECORD = Path("/run/pvestack-lab/ip_forward.before")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class LabNetwork:
 
     @property
     def forward_record(self) -> Path:
-        return self.run_dir / "ip_forward.before"
+        """ip_forward before the first lab on this machine turned it on (machine-wide: the
+        last lab to go down restores it)."""
+        return FORWARD_RECORD
 
     def rules(self) -> list[tuple[str, list[str]]]:
         """(table, rule spec) of every rule the lab adds, in insertion order."""
@@ -101,6 +105,7 @@ def up(net: LabNetwork) -> None:
     (net.run_dir / "network.json").write_text(json.dumps(info) + "\n")
     fwd = Path("/proc/sys/net/ipv4/ip_forward")
     if not net.forward_record.exists():
+        net.forward_record.parent.mkdir(parents=True, exist_ok=True)
         net.forward_record.write_text(fwd.read_text())
     fwd.write_text("1\n")
     for table, spec in net.rules():
@@ -148,9 +153,12 @@ def down(net: LabNetwork) -> None:
             _run(["iptables", "-w", "-t", table, "-D", *spec])
     if bridge_exists(net.bridge):
         _run(["ip", "link", "del", net.bridge])
-    if net.forward_record.exists():
+    if net.forward_record.exists() and not lab_rules():
+        # the last lab on this machine (no other lab's rules left) restores forwarding
         Path("/proc/sys/net/ipv4/ip_forward").write_text(net.forward_record.read_text())
         net.forward_record.unlink()
+        with contextlib.suppress(OSError):
+            net.forward_record.parent.rmdir()
     (net.run_dir / "network.json").unlink(missing_ok=True)
     for suffix in ("leases", "log", "ownpid"):
         (net.run_dir / f"dnsmasq-{net.bridge}.{suffix}").unlink(missing_ok=True)

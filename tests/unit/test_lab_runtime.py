@@ -235,3 +235,9 @@ def test_propstring() -> None:
     }
     with pytest.raises(ValueError):
         parse_propstring("a=1,bare")
+
+
+def test_start_on_a_missing_bridge_fails_as_pve_says(tmp_path: Path) -> None:
+    conf = {**BASE, "net0": "name=eth0,bridge=nosuchbr0,ip=dhcp"}
+    with pytest.raises(RuntimeError, match="^bridge 'nosuchbr0' does not exist$"):
+        _rt(tmp_path).start(118, conf, [])

@@ -454,6 +454,10 @@ class LxcRuntime:
     def start(self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]) -> None:
         if self.state(vmid) == "running":
             raise RuntimeError(f"CT {vmid} already running")
+        for key in sorted(k for k in conf if re.fullmatch(r"net\d+", k)):
+            bridge = parse_propstring(conf[key]).get("bridge")
+            if bridge and not Path("/sys/class/net", bridge).exists():
+                raise RuntimeError(f"bridge '{bridge}' does not exist")
         d = self._dir(vmid)
         d.mkdir(parents=True, exist_ok=True)
         (d / "rules.seccomp").write_text(self.seccomp_rules(conf))
@@ -469,9 +473,13 @@ class LxcRuntime:
             w = self._lxc("lxc-wait", vmid, "-s", "RUNNING", "-t", "30", timeout=40)
             if w.returncode == 0 and self.state(vmid) == "running":
                 return
-        errors = [ln for ln in startlog.read_text(errors="replace").splitlines() if " ERROR " in ln]
-        detail = "\n".join(errors[-8:]) or r.stderr.strip()
-        raise RuntimeError(f"startup for container '{vmid}' failed\n{detail}".rstrip())
+        detail: list[str] = []
+        for ln in startlog.read_text(errors="replace").splitlines():
+            if " ERROR " in ln:
+                msg = " - ".join(ln.split(" - ")[1:]).strip()
+                if msg and msg not in detail:
+                    detail.append(msg)
+        raise RuntimeError("; ".join(detail[:3]) or r.stderr.strip() or "lxc-start failed")
 
     def stop(self, vmid: int) -> None:
         if self.state(vmid) != "running":

@@ -234,12 +234,14 @@ def test_power_rules_and_messages(node: Node, runtime: StubRuntime) -> None:
 
 def test_failing_start_is_a_task_error(node: Node, runtime: StubRuntime) -> None:
     create(node)
-    runtime.fail_start = "lxc-start: no such bridge"
+    runtime.fail_start = "bridge 'vmbr9' does not exist"
     upid = node.start(100)
-    assert error(node.wait, upid, 10) == (
-        500,
-        "startup for container '100' failed: lxc-start: no such bridge",
-    )
+    assert error(node.wait, upid, 10) == (500, "startup for container '100' failed")
+    lines, _ = node.task_log(Identity("root@pam"), upid)
+    assert [x["t"] for x in lines] == [
+        "bridge 'vmbr9' does not exist",
+        "TASK ERROR: startup for container '100' failed",
+    ]
     runtime.fail_start = None
     node.fail_next_task("vzstart", "injected")
     assert error(node.wait, node.start(100), 10) == (500, "injected")

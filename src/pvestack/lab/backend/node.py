@@ -754,10 +754,11 @@ class Node:
         try:
             self.runtime.start(vmid, opts, raw)
         except RuntimeError as e:
-            text = str(e)
-            if not text.startswith("startup for container"):
-                text = f"startup for container '{vmid}' failed: {text}"
-            raise PveError(500, text) from e
+            # PVE's vm_start: the cause goes to the task log, the exit status is fixed.
+            for line in str(e).splitlines():
+                if line.strip() and not line.startswith("startup for container"):
+                    log.write(line)
+            raise PveError(500, f"startup for container '{vmid}' failed") from e
 
     def stop(self, vmid: int, *, user: str | Identity = ROOT) -> str:
         who = as_identity(user)

@@ -189,3 +189,8 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     _pct(env, f"set {VMID} -delete mp0")
     assert "mp0" not in _pct(env, f"config {VMID}")
     assert "mp0" not in api.ok("GET", f"/nodes/{{node}}/lxc/{VMID}/config")
+
+    # onboot=1: `lab up` again (as after a reboot of the machine) starts it, as PVE's boot does.
+    api.ok("PUT", f"/nodes/{{node}}/lxc/{VMID}/config", onboot=1)
+    assert lab.up(install=False) == env
+    assert rt.state(VMID) == "running"

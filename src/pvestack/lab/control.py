@@ -173,7 +173,29 @@ class Lab:
         self._start_api()
         say(f"API: https://127.0.0.1:{self.settings.api_port}")
         self._ensure_token()
+        for vmid, problem in self._start_onboot():
+            say(f"onboot: CT {vmid}: {problem}")
         return self.env()
+
+    def _start_onboot(self) -> list[tuple[int, str]]:
+        """As a PVE node at boot: start the containers with ``onboot: 1`` that are stopped
+        (after the machine rebooted, ``up`` brings them back)."""
+        from pvestack.lab.backend.node import Node  # noqa: PLC0415
+
+        node = Node(self.dir, self.runtime(), self.settings.node)
+        out: list[tuple[int, str]] = []
+        for vmid in node.vmids():
+            opts = node.load(vmid).main.options
+            if opts.get("onboot") != "1" or opts.get("template") == "1":
+                continue
+            if node.runtime.state(vmid) == "running":
+                continue
+            try:
+                node.wait(node.start(vmid), 120)
+                out.append((vmid, "started"))
+            except Exception as e:  # report and go on, as PVE's startall does
+                out.append((vmid, f"start failed: {e}"))
+        return out
 
     def _install_pct(self) -> None:
         from pvestack.lab.pct import wrapper_script  # noqa: PLC0415  (pct imports the backend)

@@ -1,0 +1,170 @@
+"""Inside the containers, for real: ``pvestack apply`` of ``examples/lab.toml`` on a lab of
+its own (LiteLLM gateway + Hermes, Docker from Debian, images loaded from the tarballs
+``scripts/build-lab-images.sh`` builds), then: the gateway answers ``/v1/models`` with
+the master key, Hermes's ``gateway_state.json`` says ``running``, a second apply
+restarts nothing, a model change rewrites config.yaml and restarts only Hermes, and no
+secret appears in anything pvestack printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labkit import host_tmpdir, make_lab, ssh
+
+from pvestack.lab.control import Lab
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
+IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
+TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+GW, HERMES = 217, 218
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    missing = [t for t in TARBALLS if not (IMAGES / t).is_file()]
+    if missing:
+        pytest.skip(
+            f"no lab images in {IMAGES} ({', '.join(missing)}): run scripts/build-lab-images.sh"
+        )
+    lab = make_lab(host_tmpdir("pvestack-labguest-"), 5)
+    try:
+        lab.up(install=False)
+        (lab.dir / "images").mkdir(exist_ok=True)
+        for t in TARBALLS:
+            (lab.dir / "images" / t).symlink_to(IMAGES / t)
+        yield lab
+    finally:
+        lab.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def env(lab: Lab) -> dict[str, str]:
+    net = ipaddress.ip_network(lab.settings.subnet)
+    hosts = list(net.hosts())
+    gw_ip = str(hosts[-5])
+    return {
+        **os.environ,
+        **lab.env(),
+        "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+        "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
+        "PVESTACK_LAB_GATEWAY_IP": gw_ip,
+        "PVESTACK_LAB_ROUTER": str(hosts[0]),
+    }
+
+
+def pvestack(
+    env: dict[str, str], *args: str, timeout: float = 2400
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def pct(env: dict[str, str], cmd: str, stdin: str | None = None) -> str:
+    r = ssh(env, f"pct {cmd}", 300, stdin=stdin)
+    assert r.returncode == 0, f"pct {cmd}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def started_at(env: dict[str, str], vmid: int, name: str) -> str:
+    return pct(env, f"exec {vmid} -- docker inspect -f '{{{{.State.StartedAt}}}}' {name}").strip()
+
+
+def wait_for(what: str, probe, timeout: float = 180) -> str:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        ok, last = probe()
+        if ok:
+            return str(last)
+        time.sleep(3)
+    raise AssertionError(f"{what}: not reached in {timeout}s; last: {last}")
+
+
+MODELS_PROBE = (
+    "import json, sys, urllib.request; key = sys.stdin.readline().strip(); "
+    "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + key}); "
+    "print(json.dumps(json.load(urllib.request.urlopen(req, timeout=10))))"
+)
+
+
+def models(env: dict[str, str]) -> tuple[bool, str]:
+    r = ssh(
+        env,
+        f'pct exec {HERMES} -- docker exec -i hermes python3 -c "{MODELS_PROBE}" '
+        f"http://{env['PVESTACK_LAB_GATEWAY_IP']}:4000/v1/models",
+        60,
+        stdin=env["LITELLM_MASTER_KEY"] + "\n",
+    )
+    return r.returncode == 0 and '"mock-gpt"' in r.stdout, r.stdout + r.stderr
+
+
+def hermes_state(env: dict[str, str]) -> tuple[bool, str]:
+    r = ssh(env, f"pct exec {HERMES} -- cat /opt/hermes/gateway_state.json", 30)
+    try:
+        state = json.loads(r.stdout).get("gateway_state")
+    except ValueError:
+        state = None
+    return state == "running", r.stdout + r.stderr
+
+
+def test_apply_gateway_and_hermes(lab: Lab, env: dict[str, str], tmp_path: Path) -> None:
+    printed: list[str] = []
+    stack_file = tmp_path / "lab.toml"
+    stack_file.write_text((ROOT / "examples" / "lab.toml").read_text())
+
+    r = pvestack(env, "apply", "-c", str(stack_file), "--yes", "--no-verify")
+    printed += [r.stdout, r.stderr]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+    # the gateway answers with the key, from inside the Hermes container
+    wait_for("the gateway's /v1/models from Hermes", lambda: models(env))
+    wait_for("Hermes gateway_state running", lambda: hermes_state(env))
+    stat = pct(env, f"exec {HERMES} -- stat -c '%a %u:%g' /opt/hermes/.env").strip()
+    assert stat == "600 10000:10000"
+    cfg = pct(env, f"exec {HERMES} -- cat /opt/hermes/config.yaml")
+    assert 'default: "mock-gpt"' in cfg
+    hermes_t0 = started_at(env, HERMES, "hermes")
+    gw_t0 = started_at(env, GW, "litellm")
+
+    # second apply: nothing is restarted, no file is rewritten
+    r = pvestack(env, "plan", "-c", str(stack_file), "--json")
+    printed += [r.stdout, r.stderr]
+    plan = json.loads(r.stdout)
+    assert not [a["id"] for a in plan["actions"] if ":guest:file:" in a["id"]], plan
+    r = pvestack(env, "apply", "-c", str(stack_file), "--yes", "--no-verify")
+    printed += [r.stdout, r.stderr]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert started_at(env, HERMES, "hermes") == hermes_t0
+    assert started_at(env, GW, "litellm") == gw_t0
+
+    # a model change: config.yaml changes, only Hermes restarts
+    stack_file.write_text(
+        stack_file.read_text().replace('default_model = "mock-gpt"', 'default_model = "mock-alt"')
+    )
+    r = pvestack(env, "plan", "-c", str(stack_file), "--json")
+    printed += [r.stdout, r.stderr]
+    files = [a["id"] for a in json.loads(r.stdout)["actions"] if ":guest:file:" in a["id"]]
+    assert files == ["hermes:guest:file:/opt/hermes/config.yaml"]
+    r = pvestack(env, "apply", "-c", str(stack_file), "--yes", "--no-verify")
+    printed += [r.stdout, r.stderr]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert 'default: "mock-alt"' in pct(env, f"exec {HERMES} -- cat /opt/hermes/config.yaml")
+    assert started_at(env, HERMES, "hermes") != hermes_t0
+    assert started_at(env, GW, "litellm") == gw_t0
+
+    # no secret in anything pvestack printed
+    key = env["LITELLM_MASTER_KEY"]
+    assert all(key not in text for text in printed)

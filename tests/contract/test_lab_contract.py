@@ -588,3 +588,8 @@ def test_root_ticket_may_set_keyctl_and_bind_mounts(lab: Side, fake: Side) -> No
     assert got[0]["mp0"] == got[1]["mp0"] == "/srv/hermes,mp=/opt/data"
     a, _ = same(lab, fake, "PUT", CFG, {"delete": "mp0"}, as_root=True)
     assert "mp0" not in lab.call("GET", CFG).body["data"]
+
+
+def test_create_in_a_missing_pool_is_403(lab: Side, fake: Side) -> None:
+    a, _ = same(lab, fake, "POST", f"/nodes/{NODE}/lxc", create_params(231, pool="nope"))
+    assert (a.status, a.reason) == (403, "Permission check failed (pool 'nope' does not exist)")

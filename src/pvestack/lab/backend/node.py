@@ -296,8 +296,6 @@ class Node:
     def storage_list(self, who: Identity, content: str | None = None) -> list[dict[str, Any]]:
         out = []
         for s in STORAGES:
-            if content and content not in split_list(content) and content not in s.content:
-                continue
             if content and not set(split_list(content)) & set(s.content):
                 continue
             if not self.auth.privileges(who, f"/storage/{s.id}") & {
@@ -464,6 +462,8 @@ class Node:
             self.auth.require(who, "/", "Sys.Modify")
         if self.conf_path(vmid).exists():
             raise PveError(500, f"CT {vmid} already exists on node '{self.name}'")
+        if v.get("pool"):  # the lab has no pools
+            raise permission_denied(f"pool '{v['pool']}' does not exist")
         if v.get("start"):
             self.auth.require(who, f"/vms/{vmid}", "VM.PowerMgmt")
         if not self.auth.allowed(who, f"/vms/{vmid}", "VM.Allocate"):

@@ -40,11 +40,14 @@ USAGE: pct <COMMAND> [ARGS] [OPTIONS]
        pct status <vmid> [--verbose]
        pct start|stop|reboot|shutdown|destroy <vmid>
        pct exec <vmid> [<extra-args>...]
+       pct enter <vmid>
+       pct snapshot|rollback|delsnapshot <vmid> <snapname>
+       pct listsnapshot <vmid>
        pct push <vmid> <file> <destination> [--group] [--perms] [--user]
        pct pull <vmid> <path> <destination> [--group] [--perms] [--user]
        pct list
 """
-_FLAGS = frozenset({"current", "verbose", "force", "purge"})
+_FLAGS = frozenset({"current", "verbose", "force", "purge", "start", "forceStop"})
 
 
 class UsageError(Exception):
@@ -178,10 +181,10 @@ def run(argv: Sequence[str], node: Node | None = None) -> int:
         print(USAGE, end="")
         return 0
     cmd, rest = argv[0], list(argv[1:])
-    if cmd == "exec":
-        vm = rest[:1]
+    if cmd in ("exec", "enter"):
         node = node or make_node()
-        return _exec(node, _vmid(vm), rest[1:])
+        command = rest[1:] if cmd == "exec" else ["/bin/bash", "-l"]
+        return _exec(node, _vmid(rest[:1]), command)
     pos, opts = parse_options(rest)
     node = node or make_node()
     if cmd == "list":
@@ -225,6 +228,19 @@ def run(argv: Sequence[str], node: Node | None = None) -> int:
                 vmid, user=ROOT, force=opts.get("force") == "1", purge=opts.get("purge") == "1"
             )
         node.wait(upid)
+    elif cmd in ("snapshot", "rollback", "delsnapshot"):
+        if len(pos) != 2:
+            raise UsageError(f"usage: pct {cmd} <vmid> <snapname>")
+        if cmd == "snapshot":
+            upid = node.snapshot(vmid, pos[1], user=ROOT, description=opts.get("description"))
+        elif cmd == "rollback":
+            upid = node.rollback(vmid, pos[1], user=ROOT, start=opts.get("start") == "1")
+        else:
+            upid = node.delete_snapshot(vmid, pos[1], user=ROOT)
+        node.wait(upid)
+    elif cmd == "listsnapshot":
+        for snap in node.snapshot_list(vmid):
+            print(f"{snap.get('name', '')} {snap.get('description', '')}".rstrip())
     elif cmd == "push":
         if len(pos) != 3:
             raise UsageError("usage: pct push <vmid> <file> <destination>")

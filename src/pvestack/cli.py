@@ -214,6 +214,7 @@ def apply(
     if root.transport is None and root.via == "ssh":
         err.print("[bold yellow]warning:[/] " + escape(root.reason))
     report: Any = None
+    script: str | None = None
     try:
         reader = engine.TransportFactReader(root.transport) if root.transport else None
         result = _guard(
@@ -226,14 +227,38 @@ def apply(
             out.print(render_text(p, root_via=cfg.root.via), markup=False)
         if p.actions and adopt and not yes and sys.stdin.isatty():
             typer.confirm("Adopt and change the guests above?", abort=True)
-        if p.actions:
-            res = _guard(
-                lambda: engine.apply(
-                    p, client, root=root, on_progress=None if json_out else _progress
+        progress = None if json_out else _progress
+        res = (
+            _guard(lambda: engine.apply(p, client, root=root, on_progress=progress))
+            if p.actions
+            else engine.ApplyResult((), p)
+        )
+        if res.pending and cfg.root.via == "console" and res.exit_code == 3:
+            # the token's part changed the node (e.g. started the CT): the script comes
+            # from a fresh plan, so it holds what is needed now (the reboot, for one)
+            fresh = _guard(
+                lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
+            ).plan
+            script = _console_script_or_none(fresh, cfg)
+            console = _console_module()
+            if script and not json_out and sys.stdin.isatty() and console is not None:
+                poll = engine.root_effects_missing(client, fresh)
+                text = script
+                _guard(
+                    lambda: console.hand_off(
+                        text, poll, write=lambda t: out.print(t, end="", markup=False)
+                    )
                 )
-            )
-        else:
-            res = engine.ApplyResult((), p)
+                script = None  # printed, and its effects seen
+                p = _guard(
+                    lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
+                ).plan
+                out.print(render_text(p, root_via=cfg.root.via), markup=False)
+                res = (
+                    _guard(lambda: engine.apply(p, client, root=root, on_progress=progress))
+                    if p.actions
+                    else engine.ApplyResult((), p)
+                )
         if not no_verify and res.exit_code == 0 and engine.verify_module() is not None:
             if not json_out:
                 out.print("\nverify:")
@@ -244,14 +269,6 @@ def apply(
     code = res.exit_code
     if report is not None and not report.ok:
         code = 1
-    script: str | None = None
-    if res.pending and cfg.root.via == "console":
-        # the token's part changed the node (e.g. started the CT): the script comes
-        # from a fresh plan, so it holds what is needed now (the reboot, for one)
-        fresh = _guard(
-            lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
-        ).plan
-        script = _console_script_or_none(fresh, cfg)
     if json_out:
         data = res.to_json()
         if res.pending and cfg.root.via == "console":
@@ -278,14 +295,34 @@ def apply(
     raise typer.Exit(code)
 
 
+def _console_module() -> Any | None:
+    """The console hand-off (``pvestack.executors._console``) when this build has it."""
+    try:
+        mod = importlib.import_module("pvestack.executors._console")
+    except ImportError:
+        return None
+    return mod if hasattr(mod, "hand_off") and hasattr(mod, "console_script") else None
+
+
+def _render_console_script(p: Any, cfg: StackFile) -> str:
+    title = f"pvestack root steps for {cfg.source_file}"
+    console = _console_module()
+    if console is not None:
+        text: str = console.console_script(
+            engine.root_steps(p), title=title, success_marker=engine.CONSOLE_SUCCESS_MARKER
+        )
+        return text
+    return engine.console_script(p, title=title)
+
+
 def _console_script_or_none(p: Any, cfg: StackFile) -> str | None:
     in_script, _left = engine.console_actions(p)
     pending_root = [a for a in p.actions if a.actor is Actor.ROOT]
     if not in_script or any(not a.steps for a in pending_root):
         return None
     try:
-        return engine.console_script(p, title=f"pvestack root steps for {cfg.source_file}")
-    except ValueError:
+        return _render_console_script(p, cfg)
+    except (ValueError, PvestackError):
         return None
 
 
@@ -324,9 +361,7 @@ def console_script(
             f"(pvestack._steps.root); cannot render: {', '.join(missing)}"
         )
         raise typer.Exit(1)
-    script = _guard(
-        lambda: engine.console_script(result.plan, title=f"pvestack root steps: {cfg.source_file}")
-    )
+    script = _guard(lambda: _render_console_script(result.plan, cfg))
     sys.stdout.write(script)
     for a in left:
         err.print(

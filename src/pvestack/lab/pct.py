@@ -31,7 +31,7 @@ from typing import Any
 from pvestack.lab.backend.auth import ROOT
 from pvestack.lab.backend.errors import PveError
 from pvestack.lab.backend.node import Node, lab_dir_from_env
-from pvestack.lab.runtime.lxc import PATH_ENV, LxcRuntime
+from pvestack.lab.runtime.lxc import LxcRuntime
 
 USAGE = """\
 USAGE: pct <COMMAND> [ARGS] [OPTIONS]
@@ -120,60 +120,67 @@ def _ids(user: str | None, group: str | None) -> tuple[str, str]:
     return user or "root", group or user or "root"
 
 
-def _exec(node: Node, vmid: int, argv: Sequence[str]) -> int:
+def _runtime(node: Node, vmid: int) -> LxcRuntime:
     rt = node.runtime
-    assert isinstance(rt, LxcRuntime)
+    if not isinstance(rt, LxcRuntime):
+        raise PveError(500, "this command needs the lab's LXC runtime")
     node.load(vmid)
     if rt.state(vmid) != "running":
         raise PveError(500, f"CT {vmid} not running")
+    return rt
+
+
+def _exec(node: Node, vmid: int, argv: Sequence[str]) -> int:
+    rt = _runtime(node, vmid)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise UsageError("missing command")
-    cmd = [
-        "lxc-attach", "-n", str(vmid), "-P", str(rt.lxcpath), "--clear-env",
-        "--set-var", f"PATH={PATH_ENV}", "--set-var", "HOME=/root", "--set-var", "LANG=C.UTF-8",
-        "--", *argv,
-    ]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(rt.attach_argv(vmid, argv), check=False).returncode
+
+
+def _mode(perms: str) -> int:
+    return int(perms, 16) if perms.lower().startswith("0x") else int(perms, 8)
 
 
 def _push(node: Node, vmid: int, src: str, dst: str, opts: dict[str, str]) -> None:
-    node.load(vmid)
-    data = Path(src).read_bytes()
+    """Stream ``src`` (any size: image tarballs) into the container as ``dst``."""
+    rt = _runtime(node, vmid)
     user, group = _ids(opts.get("user"), opts.get("group"))
-    perms = opts.get("perms", "0644")
-    mode = int(perms, 16) if perms.lower().startswith("0x") else int(perms, 8)
-    script = 'cat > "$1" && chown "$2:$3" "$1" && chmod "$4" "$1"'
-    r = node.runtime.exec(vmid, ["sh", "-c", script, "sh", dst, user, group, f"{mode:o}"], data)
+    mode = _mode(opts.get("perms", "0644"))
+    script = 'umask 077 && cat > "$1" && chown "$2:$3" "$1" && chmod "$4" "$1"'
+    argv = rt.attach_argv(vmid, ["sh", "-c", script, "sh", dst, user, group, f"{mode:o}"])
+    with open(src, "rb") as f:
+        r = subprocess.run(argv, stdin=f, capture_output=True, check=False)
     if r.returncode != 0:
         raise PveError(500, f"failed to push {src}: {r.stderr.decode(errors='replace').strip()}")
 
 
 def _pull(node: Node, vmid: int, src: str, dst: str, opts: dict[str, str]) -> None:
-    node.load(vmid)
-    r = node.runtime.exec(vmid, ["cat", "--", src])
-    if r.returncode != 0:
-        msg = r.stderr.decode(errors="replace").strip()
-        raise PveError(500, f"failed to open {src} for reading: {msg}")
+    """Stream ``src`` out of the container into ``dst`` on the node."""
+    rt = _runtime(node, vmid)
     target = Path(dst)
     if target.is_dir():
         target = target / Path(src).name
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    part = target.with_name(f".{target.name}.pct-pull")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(r.stdout)
-    if "perms" in opts:
-        p = opts["perms"]
-        os.chmod(target, int(p, 16) if p.lower().startswith("0x") else int(p, 8))
-    else:
-        os.chmod(target, 0o644)
+        r = subprocess.run(
+            rt.attach_argv(vmid, ["cat", "--", src]), stdout=f, stderr=subprocess.PIPE, check=False
+        )
+    if r.returncode != 0:
+        part.unlink(missing_ok=True)
+        msg = r.stderr.decode(errors="replace").strip()
+        raise PveError(500, f"failed to open {src} for reading: {msg}")
+    os.chmod(part, _mode(opts.get("perms", "0644")))
     if "user" in opts or "group" in opts:
         user, group = _ids(opts.get("user"), opts.get("group"))
         uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
         gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        os.chown(target, uid, gid)
+        os.chown(part, uid, gid)
+    os.replace(part, target)
 
 
 def run(argv: Sequence[str], node: Node | None = None) -> int:

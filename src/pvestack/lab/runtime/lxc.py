@@ -512,6 +512,14 @@ class LxcRuntime:
         out = r.stdout.strip()
         return int(out) if out.isdigit() else None
 
+    def attach_argv(self, vmid: int, argv: Sequence[str]) -> list[str]:
+        """``lxc-attach`` running ``argv`` as root in the container, with a clean env."""
+        return [
+            "lxc-attach", "-n", str(vmid), "-P", str(self.lxcpath), "--clear-env",
+            "--set-var", f"PATH={PATH_ENV}", "--set-var", "HOME=/root",
+            "--set-var", "LANG=C.UTF-8", "--", *argv,
+        ]  # fmt: skip
+
     def exec(
         self,
         vmid: int,
@@ -521,11 +529,7 @@ class LxcRuntime:
     ) -> ExecResult:
         if self.state(vmid) != "running":
             raise RuntimeError(f"CT {vmid} not running")
-        cmd = [
-            "lxc-attach", "-n", str(vmid), "-P", str(self.lxcpath), "--clear-env",
-            "--set-var", f"PATH={PATH_ENV}", "--set-var", "HOME=/root",
-            "--set-var", "LANG=C.UTF-8", "--", *argv,
-        ]  # fmt: skip
+        cmd = self.attach_argv(vmid, argv)
         try:
             r = subprocess.run(
                 cmd,

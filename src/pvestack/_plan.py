@@ -656,7 +656,8 @@ def _host_dir_need(
         return True, "the host directory does not exist", {"path": None}
     want = _host_owner(bm, idmap)
     have = f"{fact.uid}:{fact.gid}"
-    before: dict[str, str | None] = {"owner": have, "mode": fact.mode}
+    mode = fact.mode.zfill(4) if fact.mode is not None else None
+    before: dict[str, str | None] = {"path": fact.path, "owner": have, "mode": mode}
     if have != want:
         return (
             True,

@@ -689,6 +689,8 @@ def render_text(p: Plan, *, root_via: str = "") -> str:
         for k in keys:
             b = a.before.get(k)
             af = a.after.get(k)
+            if k in a.before and k in a.after and b == af:
+                continue
             if b is None and (a.change is Change.CREATE or k not in a.before):
                 lines.append(f"        {k} = {_show(af)}")
             elif af is None:

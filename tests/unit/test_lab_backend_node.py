@@ -348,3 +348,37 @@ def test_node_lock_is_reentrant_and_excludes_other_processes(node: Node, tmp_pat
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again
     finally:
         os.close(fd)
+
+
+def test_create_sets_the_root_password_hash(node: Node, tmp_path: Path) -> None:
+    tpl = tmp_path / "storage/local/template/cache/with-shadow_1_amd64.tar.gz"
+    with tarfile.open(tpl, "w:gz") as t:
+        data = b"root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+        info = tarfile.TarInfo("./etc/shadow")
+        info.size, info.mode = len(data), 0o640
+        t.addfile(info, io.BytesIO(data))
+    upid = node.create(
+        {
+            "vmid": 101,
+            "ostemplate": f"local:vztmpl/{tpl.name}",
+            "rootfs": "local-lvm:1",
+            "password": "s3cret-pw",
+        },
+        user=TOKEN,
+    )
+    node.wait(upid, 10)
+    shadow = tmp_path / "storage/local-lvm/images/101/vm-101-disk-0/etc/shadow"
+    root, daemon = shadow.read_text().splitlines()
+    assert root.startswith("root:$6$") and daemon == "daemon:*:19000:0:99999:7:::"
+    salt = root.split(":")[1].split("$")[2]
+    again = subprocess.run(
+        ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
+        input="s3cret-pw",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert root.split(":")[1] == again.stdout.strip()
+    assert oct(shadow.stat().st_mode & 0o777) == "0o640"
+    lines, _ = node.task_log(Identity("root@pam"), upid, 0, 0)
+    assert "s3cret-pw" not in repr(lines) and "s3cret-pw" not in shadow.read_text()

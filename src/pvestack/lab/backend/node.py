@@ -18,11 +18,12 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,41 @@ _CREATE_ONLY = frozenset({
     "force", "unique", "pool", "bwlimit", "ignore-unpack-errors", "ha-managed",
 })  # fmt: skip
 _SET_ONLY = frozenset({"node", "vmid", "digest", "delete", "revert"})
+
+
+@dataclass(frozen=True)
+class GuestSetup:
+    """What create writes into the new root file system (PVE's LXC setup)."""
+
+    ssh_keys: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def _set_root_password(rootfs: Path, password: str, log: TaskLog) -> None:
+    """root's hash in the container's /etc/shadow (the password only on openssl's stdin)."""
+    shadow = rootfs / "etc" / "shadow"
+    if shadow.is_symlink() or not shadow.is_file():
+        log.warn("no /etc/shadow in the template: root password not set")
+        return
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    st = shadow.stat()
+    lines = shadow.read_text().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) > 1:
+            fields[1] = hashed
+        out.append(":".join(fields))
+    tmp = shadow.with_name(".shadow.pvestack")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, st.st_mode & 0o7777)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(out) + "\n")
+    if os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    tmp.replace(shadow)
 
 
 def lab_dir_from_env() -> Path:
@@ -510,12 +546,16 @@ class Node:
             if self.conf_path(vmid).exists():
                 raise PveError(500, f"CT {vmid} already exists on node '{self.name}'")
             self._write(vmid, CtConf(Section({"lock": "create"})))
-        keys = str(v.get("ssh-public-keys", "")) or None
+        guest = GuestSetup(
+            str(v.get("ssh-public-keys", "")) or None, str(v.get("password", "")) or None
+        )
         start = bool(v.get("start"))
 
         def body(log: TaskLog) -> None:
             try:
-                self._do_create(vmid, template, final, mounts, description, keys, unprivileged, log)
+                self._do_create(
+                    vmid, template, final, mounts, description, guest, unprivileged, log
+                )
             except Exception:
                 self._purge(vmid)
                 raise
@@ -543,7 +583,7 @@ class Node:
         final: dict[str, str],
         mounts: Mapping[str, str],
         description: str | None,
-        ssh_keys: str | None,
+        guest: GuestSetup,
         unprivileged: bool,
         log: TaskLog,
     ) -> None:
@@ -558,14 +598,16 @@ class Node:
         log.write(f"extracting archive '{template}'")
         self.runtime.create_rootfs(vmid, template, rootfs, DEFAULT_IDMAP if unprivileged else (),
                                    unprivileged)  # fmt: skip
-        if ssh_keys:
+        if guest.ssh_keys:
             ssh = rootfs / "root" / ".ssh"
             ssh.mkdir(parents=True, exist_ok=True)
-            (ssh / "authorized_keys").write_text(ssh_keys.rstrip("\n") + "\n")
+            (ssh / "authorized_keys").write_text(guest.ssh_keys.rstrip("\n") + "\n")
             if owner is not None and os.geteuid() == 0:
                 for p in (ssh, ssh / "authorized_keys"):
                     os.chown(p, owner, owner)
             ssh.chmod(0o700)
+        if guest.password:
+            _set_root_password(rootfs, guest.password, log)
         log.write("Total bytes written: (extracted in the container's user namespace)")
         with self.locked():
             c = self.load(vmid)

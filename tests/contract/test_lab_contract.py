@@ -435,6 +435,7 @@ def test_running_state_is_real(lab: Side, fake: Side) -> None:
     a, b = same(lab, fake, "GET", f"/nodes/{NODE}/lxc/{RUNNING}/status/current")
     assert a.body["data"]["status"] == b.body["data"]["status"] == "running"
     assert a.body["data"]["pid"] > 1
+    assert a.body["data"]["mem"] > 0  # read from the container's memory cgroup
     assert Path(f"/proc/{a.body['data']['pid']}").exists()
     a, b = same(lab, fake, "GET", f"/nodes/{NODE}/lxc/{STOPPED}/status/current")
     assert a.body["data"]["status"] == b.body["data"]["status"] == "stopped"

@@ -475,6 +475,7 @@ class Node:
         }  # fmt: skip
         if pid:
             out["pid"] = pid
+            out["mem"] = _cgroup_memory(pid)
         if o.get("tags"):
             out["tags"] = o["tags"]
         if o.get("lock"):
@@ -1114,6 +1115,35 @@ _FASTPLUG = frozenset({
 
 def _hotplug(opt: str) -> bool:
     return opt in _FASTPLUG or re.fullmatch(r"(net|mp|unused)\d+", opt) is not None
+
+
+def _cgroup_memory(pid: int, root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes charged to the container's memory cgroup (v1 or v2), found from its init."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        parts = path.strip("/").split("/")
+        top = next((i for i, p in enumerate(parts) if p.startswith("lxc.payload")), None)
+        if top is not None:
+            path = "/".join(parts[: top + 1])
+        if "memory" in controllers.split(","):
+            candidates = [root / "memory" / path / "memory.usage_in_bytes"]
+        elif controllers == "":
+            candidates = [
+                root / path / "memory.current",
+                root / "unified" / path / "memory.current",
+            ]
+        else:
+            continue
+        for f in candidates:
+            try:
+                return int(f.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return 0
 
 
 def _process_uptime(pid: int) -> int:

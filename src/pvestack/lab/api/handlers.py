@@ -103,7 +103,10 @@ def ticket_form(r: Request) -> Any:
 
 
 def ticket(r: Request) -> Any:
-    t = r.node.auth.login(str(r.params["username"]), str(r.params["password"]))
+    username = str(r.params["username"])
+    if "@" not in username and r.opt("realm"):
+        username = f"{username}@{r.params['realm']}"
+    t = r.node.auth.login(username, str(r.params["password"]))
     return {"ticket": t.ticket, "CSRFPreventionToken": t.csrf, "username": t.username, "cap": {}}
 
 

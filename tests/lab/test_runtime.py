@@ -147,3 +147,34 @@ def test_egress_to_the_debian_mirror_with_forward_policy_drop(lab: Lab, forward_
         assert b"Err:" not in r.stdout
     finally:
         rt.destroy(vmid)
+
+
+def test_split_idmap_passes_one_uid_through(lab: Lab, host_dir: Path) -> None:
+    """The classic Proxmox recipe: container uid/gid 1000 is host 1000, the rest shifted."""
+    rt = lab.runtime()
+    tpl = template.cached(lab.cache)
+    assert tpl is not None
+    vmid = 304
+    idmap = [
+        f"{k} {ct} {host} {n}"
+        for k in ("u", "g")
+        for ct, host, n in ((0, 100000, 1000), (1000, 1000, 1), (1001, 101001, 64535))
+    ]
+    rootfs = rt.volume_path(f"local-lvm:vm-{vmid}-disk-0", vmid)
+    host_dir.chmod(0o777)
+    conf = _conf(rt, vmid, lab, mp0=f"{host_dir},mp=/data")
+    try:
+        rt.create_rootfs(vmid, tpl.path, rootfs, idmap, True)
+        assert "root:1000:1" in Path("/etc/subuid").read_text()
+        rt.start(vmid, conf, [("lxc.idmap", line) for line in idmap])
+        r = rt.exec(
+            vmid,
+            ["sh", "-c", "setpriv --reuid=1000 --regid=1000 --clear-groups touch /data/u1000 "
+             "&& touch /data/u0"],
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        st = (host_dir / "u1000").stat()
+        assert (st.st_uid, st.st_gid) == (1000, 1000)
+        assert (host_dir / "u0").stat().st_uid == 100000
+    finally:
+        rt.destroy(vmid)

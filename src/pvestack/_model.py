@@ -239,6 +239,7 @@ class ObservedContainer:
     status: str  # running | stopped
     config: Mapping[str, str]  # GET .../config, values as strings
     owner_stack: str | None  # the stack named by our mark, None if unmarked
+    pending: tuple[str, ...] = ()  # keys changed but not in effect until the next start
 
     @property
     def marked(self) -> bool:

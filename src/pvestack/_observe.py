@@ -1,8 +1,9 @@
 """Read the live state with as few API calls as possible.
 
 One ``GET /cluster/resources?type=vm`` for the whole cluster; then, per stack,
-only its container's config (when a guest exists at its vmid) and the template
-storage's content (once per node and storage). ``/cluster/nextid`` only when a
+its container's config and, when it runs, its pending changes (what waits for the
+next start); or, when it does not exist yet, the template storage's content (once
+per node and storage). ``/cluster/nextid`` only when a
 stack asks for the next free id and has no container yet.
 
 Facts the API cannot give (host directories, files in the guest) come from an
@@ -138,14 +139,19 @@ def _observe_stack(  # noqa: PLR0917
         if summary.type != "lxc":
             foreign = summary
         else:
-            cfg = _strings(client.get(f"/nodes/{summary.node}/lxc/{summary.vmid}/config"))
+            base = f"/nodes/{summary.node}/lxc/{summary.vmid}"
+            cfg = _strings(client.get(f"{base}/config"))
             owner = mark_owner(cfg)
+            pending: tuple[str, ...] = ()
+            if summary.status == "running" and owner == spec.name:
+                pending = _pending_keys(client.get(f"{base}/pending"))
             container = ObservedContainer(
                 vmid=summary.vmid,
                 node=summary.node,
                 status=summary.status,
                 config=cfg,
                 owner_stack=owner,
+                pending=pending,
             )
             if owner != spec.name:
                 foreign = summary
@@ -153,6 +159,15 @@ def _observe_stack(  # noqa: PLR0917
     elif vmid is None:
         vmid = _next_free(client, reserved)
     t = ct.template
+    if container is not None:
+        # the template only matters for creating the container: not read when it exists
+        return ObservedStack(
+            name=spec.name,
+            vmid=vmid,
+            container=container,
+            template_present=True,
+            foreign=foreign,
+        )
     key = (ct.node, t.storage)
     if key not in content_cache:
         try:
@@ -169,6 +184,15 @@ def _observe_stack(  # noqa: PLR0917
         template_present=t.volid in content_cache[key],
         foreign=foreign,
     )
+
+
+def _pending_keys(rows: Any) -> tuple[str, ...]:
+    """Keys of ``GET .../pending`` with a pending value or delete (not yet in effect)."""
+    out = []
+    for r in rows or []:
+        if isinstance(r, dict) and ("pending" in r or r.get("delete")):
+            out.append(str(r.get("key")))
+    return tuple(sorted(out))
 
 
 def _next_free(client: PveClient, reserved: set[int]) -> int:

@@ -438,8 +438,8 @@ class _StackPlanner:
         idmap_changed = self._idmap(cfg)
         running = cur.status == "running"
         needs_reboot = bool(root_set) or idmap_changed or "features" in token_set
-        if running and needs_reboot:
-            self._reboot(root=bool(root_set) or idmap_changed)
+        if running and (needs_reboot or cur.pending):
+            self._reboot(root=bool(root_set) or idmap_changed, pending=cur.pending)
         elif not running and ct.start:
             self._start()
         if changed_mounts or (not running and ct.start and root_set):
@@ -592,13 +592,18 @@ class _StackPlanner:
             precondition=f"stopped:{self.spec.name}",
         )
 
-    def _reboot(self, *, root: bool) -> None:
+    def _reboot(self, *, root: bool, pending: Sequence[str] = ()) -> None:
+        reason = (
+            "features, mounts or the id map changed on a running container: "
+            "they take effect at the next start"
+        )
+        if pending:
+            reason += f" (pending now: {', '.join(pending)})"
         self._add(
             id=f"{self.spec.name}:ct:reboot",
             change=Change.RUN,
             actor=Actor.ROOT if root else Actor.API,
-            reason="features, mounts or the id map changed on a running container: "
-            "they take effect at the next start",
+            reason=reason,
             before={"status": "running"},
             after={"status": "running (rebooted)"},
             api=() if root else (ApiCall("POST", f"{self.ct_path}/status/reboot", {}),),

@@ -443,3 +443,25 @@ def _has_console_handoff() -> bool:
     except ImportError:
         return False
     return hasattr(mod, "hand_off")
+
+
+def test_pending_change_is_seen_and_a_reboot_applies_it(
+    pve: Any, stack_cfg: StackFile, client: PveClient
+) -> None:
+    token_apply(stack_cfg, client)
+    ct = pve.ct(118)
+    ct.config.update(
+        features="keyctl=1,nesting=1",
+        mp0="/mnt/pve/hdd/hermes,mp=/data",
+        mp1="/media/2tb/hermes,mp=/fast",
+    )
+    # root set the mounts while it ran; PVE keeps a change it cannot hotplug pending
+    ct.pending["mp1"] = "/media/2tb/hermes,mp=/fast,backup=0"
+    result = plan(stack_cfg, client)
+    reboot = next(a for a in result.plan.actions if a.id == "hermes:ct:reboot")
+    assert reboot.actor is Actor.API and "pending now: mp1" in reboot.reason
+    assert result.api_calls <= 4
+    apply(result.plan, client, root=NO_ROOT)
+    assert ct.pending == {}
+    p = plan(stack_cfg, client).plan
+    assert p.by_actor(Actor.API) == ()

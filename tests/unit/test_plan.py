@@ -57,6 +57,7 @@ def observed(
     template: bool = True,
     guest_type: str = "lxc",
     host_paths: tuple[HostPathFact, ...] = (),
+    pending: tuple[str, ...] = (),
 ) -> ObservedState:
     guests = [PBS]
     container = None
@@ -65,7 +66,7 @@ def observed(
         g = GuestSummary(118, "gihyeon", guest_type, "hermes", status, ("pvestack",))
         guests.append(g)
         if guest_type == "lxc":
-            container = ObservedContainer(118, "gihyeon", status, config, owner)
+            container = ObservedContainer(118, "gihyeon", status, config, owner, pending)
         if owner != "hermes" or guest_type != "lxc":
             foreign = g
     st = ObservedStack(
@@ -420,3 +421,15 @@ def test_stacks_ordered_by_depends_on(example_text: str, make_desired: Any) -> N
     order = [a.stack for a in p.actions]
     assert order.index("gateway") < order.index("hermes")
     assert replace(p, warnings=()).actions == p.actions
+
+
+def test_pending_changes_on_a_running_ct_need_a_reboot(example_desired: DesiredState) -> None:
+    p = plan(example_desired, observed(CONVERGED, pending=("features",)))
+    assert ids(p) == ["hermes:ct:reboot"]
+    a = p.actions[0]
+    assert a.actor is Actor.API  # nothing root-only changes now: the token may reboot
+    assert a.api[0].path == "/nodes/gihyeon/lxc/118/status/reboot"
+    assert "pending now: features" in a.reason
+    # stopped: the next start applies them, no reboot
+    p = plan(example_desired, observed(CONVERGED, status="stopped", pending=("features",)))
+    assert ids(p) == ["hermes:ct:start"]

@@ -3,10 +3,12 @@ the subuid/subgid ledger, pct's Proxmox-style options, the apt mirror, the sshd 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from pvestack.lab.control import export_lines
 from pvestack.lab.pct import parse_options
 from pvestack.lab.runtime import template
 from pvestack.lab.runtime.lxc import (
@@ -239,5 +241,16 @@ def test_propstring() -> None:
 
 def test_start_on_a_missing_bridge_fails_as_pve_says(tmp_path: Path) -> None:
     conf = {**BASE, "net0": "name=eth0,bridge=nosuchbr0,ip=dhcp"}
-    with pytest.raises(RuntimeError, match="^bridge 'nosuchbr0' does not exist$"):
+    with pytest.raises(RuntimeError, match=r"^bridge 'nosuchbr0' does not exist$"):
         _rt(tmp_path).start(118, conf, [])
+
+
+def test_export_lines_eval_in_sh(tmp_path: Path) -> None:
+    text = export_lines({"PVESTACK_TOKEN_SECRET": "a'b $c", "PVESTACK_NODE": "pve"}, tmp_path)
+    script = 'eval "$1"; eval "$1"; printf "%s\\n%s\\n" "$PVESTACK_TOKEN_SECRET" "$PATH"'
+    out = subprocess.run(
+        ["sh", "-c", script, "sh", text], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "a'b $c"
+    assert out[1].split(":").count(str(tmp_path)) == 1
+    assert out[1].startswith(f"{tmp_path}:")

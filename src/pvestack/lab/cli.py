@@ -38,19 +38,21 @@ def up(
     ] = False,
 ) -> None:
     """Bring the lab up (idempotent) and print the connection as export lines."""
+    lab = _lab(lab_dir)
     try:
-        env = _lab(lab_dir).up(install=not no_install, log=lambda m: err.print(f"lab: {m}"))
+        env = lab.up(install=not no_install, log=lambda m: err.print(f"lab: {m}"))
     except (LabError, RuntimeError, OSError) as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(1) from e
-    typer.echo(export_lines(env), nl=False)
+    typer.echo(export_lines(env, lab.dir / "bin"), nl=False)
 
 
 @app.command()
 def env(lab_dir: LabDirOpt = None) -> None:
     """Print the connection again as export lines."""
+    lab = _lab(lab_dir)
     try:
-        typer.echo(export_lines(_lab(lab_dir).env()), nl=False)
+        typer.echo(export_lines(lab.env(), lab.dir / "bin"), nl=False)
     except LabError as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(1) from e

@@ -329,7 +329,13 @@ def _need_free_port(port: int) -> None:
             raise LabError(f"port 127.0.0.1:{port} is taken by another program")
 
 
-def export_lines(env: Mapping[str, str]) -> str:
+def export_lines(env: Mapping[str, str], bin_dir: Path | None = None) -> str:
+    """``export K=V`` lines; with ``bin_dir``, a line that puts the lab's ``pct`` on PATH
+    (once, however often it is eval'd), for the console path run in this shell."""
     import shlex  # noqa: PLC0415
 
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    out = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    if bin_dir is not None:
+        b = shlex.quote(str(bin_dir))
+        out += f'case ":$PATH:" in *:{b}:*) ;; *) export PATH={b}:"$PATH" ;; esac\n'
+    return out

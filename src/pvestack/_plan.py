@@ -434,7 +434,7 @@ class _StackPlanner:
         self._host_dirs(ct.bind_mounts, creating=False, changed=changed_mounts)
         root_before = {k: cfg.get(k) for k in root_set}
         if root_set:
-            self._root_set(root_set, root_before, (), why=self._root_reason(root_set))
+            self._root_set(root_set, root_before, (), why=self._root_reason(root_set, root_before))
         idmap_changed = self._idmap(cfg)
         running = cur.status == "running"
         needs_reboot = bool(root_set) or idmap_changed or "features" in token_set
@@ -483,10 +483,18 @@ class _StackPlanner:
 
     # -------------------------------------------------------------- pieces
 
-    def _root_reason(self, keys: Mapping[str, str]) -> str:
+    def _root_reason(
+        self, keys: Mapping[str, str], before: Mapping[str, str | None] | None = None
+    ) -> str:
         parts = []
         if "features" in keys:
-            extra = sorted(k for k in parse_features(keys["features"]) if k not in TOKEN_FEATURES)
+            want = parse_features(keys["features"])
+            have = parse_features((before or {}).get("features"))
+            extra = sorted(
+                k
+                for k in set(want) | set(have)
+                if k not in TOKEN_FEATURES and want.get(k) != have.get(k)
+            )
             if extra:
                 parts.append(
                     f"feature flags {', '.join(extra)} (PVE: changing feature flags "

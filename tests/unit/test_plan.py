@@ -21,6 +21,7 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
 )
+from pvestack._observe import mark_owner
 from pvestack._plan import plan, render_text, same_value
 
 PBS = GuestSummary(110, "gihyeon", "lxc", "pbs", "running", ())
@@ -433,3 +434,12 @@ def test_pending_changes_on_a_running_ct_need_a_reboot(example_desired: DesiredS
     # stopped: the next start applies them, no reboot
     p = plan(example_desired, observed(CONVERGED, status="stopped", pending=("features",)))
     assert ids(p) == ["hermes:ct:start"]
+
+
+def test_mark_needs_both_tag_and_description_line() -> None:
+    assert mark_owner({"tags": "ai;pvestack", "description": "x\npvestack-stack: hermes\n"}) == (
+        "hermes"
+    )
+    assert mark_owner({"tags": "ai", "description": "pvestack-stack: hermes"}) is None
+    assert mark_owner({"tags": "pvestack", "description": "hand made"}) is None
+    assert mark_owner({"tags": "PVESTACK,ai", "description": "pvestack-stack: gw"}) == "gw"

@@ -594,3 +594,32 @@ def test_root_ticket_may_set_keyctl_and_bind_mounts(lab: Side, fake: Side) -> No
 def test_create_in_a_missing_pool_is_403(lab: Side, fake: Side) -> None:
     a, _ = same(lab, fake, "POST", f"/nodes/{NODE}/lxc", create_params(231, pool="nope"))
     assert (a.status, a.reason) == (403, "Permission check failed (pool 'nope' does not exist)")
+
+
+def test_running_ct_keeps_feature_changes_pending(lab: Side, fake: Side) -> None:
+    path = f"/nodes/{NODE}/lxc/{RUNNING}"
+    a, _ = same(
+        lab,
+        fake,
+        "PUT",
+        f"{path}/config",
+        {"features": "nesting=1,keyctl=1", "memory": 300},
+        as_root=True,
+    )
+    assert a.status == 200
+    pending = [
+        [
+            p
+            for p in side.call("GET", f"{path}/pending").body["data"]
+            if p["key"] in ("features", "memory")
+        ]
+        for side in (lab, fake)
+    ]
+    assert (
+        pending[0]
+        == pending[1]
+        == [{"key": "features", "pending": "keyctl=1,nesting=1"}, {"key": "memory", "value": 300}]
+    )
+    for side in (lab, fake):
+        assert "features" not in side.call("GET", f"{path}/config?current=1").body["data"]
+        assert side.call("GET", f"{path}/config").body["data"]["features"] == "keyctl=1,nesting=1"

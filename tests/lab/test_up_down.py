@@ -51,11 +51,7 @@ def _machine_state(ours: Lab) -> dict[str, object]:
         "addrs": [ln for ln in run("ip", "-o", "-4", "addr").splitlines() if not foreign(ln)],
         "filter": rules("filter"),
         "nat": rules("nat"),
-        "subid-claims": [
-            ln
-            for ln in (SUBID_LEDGER.read_text().splitlines() if SUBID_LEDGER.exists() else [])
-            if str(ours.dir) in ln
-        ],  # fmt: skip
+        "subid-claims": [ln for ln in claims if str(ours.dir) in ln],
         # forwarding is the machine's own business only when no other lab runs
         "ip_forward": None if other_labs else Path("/proc/sys/net/ipv4/ip_forward").read_text(),
         "listening": sorted(

@@ -35,7 +35,8 @@ from pvestack._errors import ConfigError, Problem
 DEFAULT_FILE = "pvestack.toml"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")  # PVE's dns-name
 _TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_\-+.]*$")
 _FINGERPRINT_RE = re.compile(r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$")
 _IDMAP_RE = re.compile(r"^([ug])\s+(\d+)\s+(\d+)\s+(\d+)$")

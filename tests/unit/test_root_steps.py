@@ -150,6 +150,7 @@ def all_steps() -> list[Step]:
     m = bm("/srv/it's here", "/opt/app", owner_uid=2000, owner_gid=1500, mode="2770")
     return [
         root.host_dir_step(m, CUSTOM),
+        root.host_dir_step(m, CUSTOM, chown_recursive=True),
         root.pct_set_step(118, {"features": "keyctl=1,nesting=1", "mp0": m.pve_value}, ["mp1"]),
         root.idmap_step(118, CUSTOM),
         root.reboot_step(118),
@@ -214,11 +215,13 @@ def test_existing_data_is_not_chowned_without_recursive(tmp_path: Path) -> None:
     run_step(root.host_dir_step(m, IdMap()))
     assert stat_of(target)[:2] == (110000, 110000)
     assert stat_of(target / "keep.db")[:2] == (0, 0)
-    # the dir is right now; recursive is a separate choice the plan makes
-    run_step(root.host_dir_step(m, IdMap(), chown_recursive=True))
-    assert stat_of(target / "keep.db")[:2] == (0, 0)  # guard: dir already right
-    os.chown(target, 0, 0)
-    run_step(root.host_dir_step(m, IdMap(), chown_recursive=True))
+    # asked for recursive: the content is chowned too, even though the dir is right
+    rec = root.host_dir_step(m, IdMap(), chown_recursive=True)
+    assert run_step(rec) is True
+    assert stat_of(target / "keep.db")[:2] == (110000, 110000)
+    assert run_step(rec) is False
+    os.chown(target / "keep.db", 110000, 0)  # a wrong group alone is seen too
+    assert run_step(rec) is True
     assert stat_of(target / "keep.db")[:2] == (110000, 110000)
 
 

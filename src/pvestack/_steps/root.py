@@ -139,6 +139,11 @@ def _sh(script: str, *args: str) -> Command:
 
 
 _DIR_GUARD = 'test -d "$1" && test ! -L "$1" && test "$(stat -c %u:%g:%a -- "$1")" = "$2"'
+# recursive: also nothing inside owned by anyone else
+_DIR_GUARD_R = (
+    _DIR_GUARD + ' && test -z "$(find "$1" -xdev ! -user "$3" -print -quit)"'
+    ' && test -z "$(find "$1" -xdev ! -group "$4" -print -quit)"'
+)
 
 
 def host_dir_step(mount: BindMount, idmap: IdMap, *, chown_recursive: bool = False) -> Step:
@@ -158,7 +163,11 @@ def host_dir_step(mount: BindMount, idmap: IdMap, *, chown_recursive: bool = Fal
             f"{path} owned by {owner} (uid {mount.owner_uid} in the container), mode {mode}"
             + (", recursively" if chown_recursive else "")
         ),
-        guard=_sh(_DIR_GUARD, path, f"{owner}:{mode}"),
+        guard=(
+            _sh(_DIR_GUARD_R, path, f"{owner}:{mode}", str(uid), str(gid))
+            if chown_recursive
+            else _sh(_DIR_GUARD, path, f"{owner}:{mode}")
+        ),
         commands=(
             cmd("mkdir", "-p", "--", path),
             cmd(*chown),

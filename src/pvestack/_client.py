@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -294,6 +295,15 @@ ROOT_HINT = (
 )
 
 
+#: which of pvestack's root steps sets a root-only key (``mpN``: the bind mount)
+_ROOT_STEP_OF = {
+    "features": "<stack>:root:pct-set",
+    "mpN": "<stack>:host:mpN + <stack>:root:pct-set",
+    "devN": "(device passthrough: not managed by pvestack)",
+    "hookscript": "(hookscripts: not managed by pvestack)",
+}
+
+
 def translate_resource_error(
     e: ResourceException, method: str, path: str, params: Mapping[str, Any]
 ) -> PveError:
@@ -314,8 +324,13 @@ def translate_resource_error(
     if status == 403:
         hint = None
         if "root@pam" in message:
-            keys = ", ".join(sorted(k for k in params if k not in ("node", "vmid")))
-            hint = ROOT_HINT + (f" (keys sent: {keys})" if keys else "")
+            keys = sorted(k for k in params if k not in ("node", "vmid"))
+            steps = sorted(
+                {_ROOT_STEP_OF.get(re.sub(r"\d+$", "N", k), "root:pct-set") for k in keys}
+            )
+            hint = ROOT_HINT
+            if keys:
+                hint += f" (keys sent: {', '.join(keys)}; the root step: {', '.join(steps)})"
         else:
             hint = (
                 "the token lacks a privilege: grant it on the path named (e.g. "

@@ -50,6 +50,10 @@ CallHook = Callable[[str, str, Mapping[str, Any]], None]
 _READ_RETRY_STATUS = (502, 503, 504, 595, 596)
 
 
+class TlsError(TransportError):
+    """The node's certificate did not verify (never retried)."""
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     api_url: str  # https://host:8006
@@ -167,7 +171,7 @@ class PveClient:
                 retryable = isinstance(e, TransportError) or (
                     isinstance(e, PveError) and e.status in _READ_RETRY_STATUS
                 )
-                if attempt >= attempts or not retryable or getattr(e, "tls", False):
+                if attempt >= attempts or not retryable or isinstance(e, TlsError):
                     raise
                 log.info("GET %s failed (%s), retrying in %.1fs", path, e, delay)
                 self._sleep(delay)
@@ -188,14 +192,12 @@ class PveClient:
         except ResourceException as e:
             raise translate_resource_error(e, method, path, params) from None
         except requests.exceptions.SSLError as e:
-            err = TransportError(
+            raise TlsError(
                 f"TLS verification of {self.settings.api_url} failed ({self.settings.tls_mode}): "
                 f"{_short(e)}",
                 hint="check the pinned fingerprint (pvenode cert info) or the CA file; "
                 "--insecure only for a throw-away test node",
-            )
-            err.tls = True  # type: ignore[attr-defined]
-            raise err from None
+            ) from None
         except requests.exceptions.RequestException as e:
             raise TransportError(
                 f"cannot reach the PVE API at {self.settings.api_url}: {_short(e)}",

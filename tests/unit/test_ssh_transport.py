@@ -274,3 +274,29 @@ def test_root_host_dir_step_over_ssh(ssh: SshTransport, tmp_path: Path) -> None:
     st = target.stat()
     assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (110000, 110000, "0o755")
     assert ssh.run_step(step) is False
+
+
+@pytest.mark.skipif(not shutil.which("ssh-agent"), reason="ssh-agent not installed")
+def test_key_from_the_agent(sshd: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys to fall back on
+        with pytest.raises(TransportError, match="authentication"):
+            SshTransport(sshd.settings(key_file=None, use_agent=True))  # agent still empty
+        subprocess.run(
+            ["ssh-add", "-q", str(sshd.client_key)],
+            env={**os.environ, "SSH_AUTH_SOCK": str(sock)}, check=True, capture_output=True,
+        )  # fmt: skip
+        with SshTransport(sshd.settings(key_file=None, use_agent=True)) as t:
+            assert t.capture(cmd("echo", "via agent")).stdout == "via agent\n"
+    finally:
+        agent.terminate()  # our own pid
+        agent.wait(10)

@@ -218,7 +218,7 @@ class SshTransport:
                 username=s.user,
                 key_filename=key_file,
                 allow_agent=s.use_agent,
-                look_for_keys=key_file is None and not s.use_agent,
+                look_for_keys=key_file is None,
                 timeout=s.connect_timeout,
                 banner_timeout=s.connect_timeout,
                 auth_timeout=s.connect_timeout,

@@ -280,7 +280,10 @@ class Lab:
             "sshd_pid": self.sshd.running(),
             "api_pid": procs.running(self.api_pidfile, "pvestack.lab.api.server"),
             "template": str(t.path) if (t := template.cached(self.cache)) else None,
-            "containers": {str(v): rt.state(v) for v in rt.containers()},
+            "containers": {
+                str(v): " ".join(x for x in (rt.state(v), rt.ip_address(v)) if x)
+                for v in rt.containers()
+            },
         }
 
     # ------------------------------------------------------------------ down

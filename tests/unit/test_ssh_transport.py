@@ -300,3 +300,14 @@ def test_key_from_the_agent(sshd: Server, tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         agent.terminate()  # our own pid
         agent.wait(10)
+
+
+def test_large_stdin_while_the_command_writes_a_lot(ssh: SshTransport) -> None:
+    body = "x" * 8_000_000 + "\n"
+    # the command writes 8 MB before it reads anything: stdin must be fed concurrently
+    c = cmd(
+        "sh", "-c", "head -c 8000000 /dev/zero | tr '\\0' y; echo; wc -c", stdin=Payload.text(body)
+    )
+    out = ssh.capture(c)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].strip() == str(len(body))

@@ -26,6 +26,7 @@ import hashlib
 import os
 import select
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -276,10 +277,15 @@ class SshTransport:
             for k, v in self.env.items():
                 chan.set_environment_variable(k, v)
             chan.exec_command(command.line)
-            if command.stdin is not None:
-                chan.sendall(command.stdin.reveal())
-            chan.shutdown_write()
-            return _collect(chan, on_line, secrets, self.settings.command_timeout, command)
+            # stdin is fed from a thread while the output is read, so a command that
+            # writes a lot before it reads all its input cannot deadlock us
+            feeder = _Feeder(chan, command.stdin.reveal() if command.stdin is not None else b"")
+            feeder.start()
+            result = _collect(chan, on_line, secrets, self.settings.command_timeout, command)
+            feeder.join(timeout=5)
+            if feeder.error is not None and result.returncode == 0:
+                raise feeder.error
+            return result
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise TransportError(
                 f"SSH to {self.settings.host_key_name} failed while running "
@@ -320,6 +326,22 @@ class SshTransport:
         """Run a read-only command; its output whatever the exit code."""
         secrets = command.stdin.secrets if command.stdin else ()
         return self._exec(command, on_line=None, secrets=secrets)
+
+
+class _Feeder(threading.Thread):
+    def __init__(self, chan: paramiko.Channel, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self.chan = chan
+        self.data = data
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            if self.data:
+                self.chan.sendall(self.data)
+            self.chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as e:  # the command may exit early
+            self.error = e
 
 
 def _collect(

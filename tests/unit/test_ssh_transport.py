@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from pvestack._commands import Payload, Secret, Step, cmd
+from pvestack._config import parse_config
 from pvestack._errors import HostKeyError, RootStepError, TransportError
 from pvestack._model import BindMount, IdMap
 from pvestack._steps import root as root_steps
 from pvestack.executors._base import RootTransport
-from pvestack.executors._ssh import SshSettings, SshTransport
+from pvestack.executors._ssh import SshSettings, SshTransport, settings_from_config
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(
@@ -311,3 +312,45 @@ def test_large_stdin_while_the_command_writes_a_lot(ssh: SshTransport) -> None:
     out = ssh.capture(c)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].strip() == str(len(body))
+
+
+STACK_TOML = """
+[pve]
+api_url = "https://127.0.0.1:8006"
+token_id = "root@pam!pvestack"
+token_secret = { env = "PVESTACK_TOKEN_SECRET" }
+fingerprint = "%s"
+
+[root]
+via = "ssh"
+
+[root.ssh]
+host = "10.9.9.9"
+port = 2200
+user = "admin"
+key_file = "/nonexistent/key"
+
+[[stack]]
+name = "t"
+node = "pve"
+
+[stack.template]
+storage = "local"
+url = "http://127.0.0.1:1/debian-12-standard_12.12-1_amd64.tar.zst"
+"""
+
+
+def test_settings_from_the_stack_file_and_env(sshd: Server) -> None:
+    fp = ":".join(["AB"] * 32)
+    env = {"PVESTACK_TOKEN_SECRET": "x"}
+    cfg = parse_config(STACK_TOML % fp, env=env)
+    s = settings_from_config(cfg, env={})
+    assert (s.host, s.port, s.user, s.key_file) == ("10.9.9.9", 2200, "admin", "/nonexistent/key")
+    over = {
+        "PVESTACK_SSH_HOST": "127.0.0.1", "PVESTACK_SSH_PORT": str(sshd.port),
+        "PVESTACK_SSH_USER": sshd.user, "PVESTACK_SSH_KEY": str(sshd.client_key),
+        "PVESTACK_SSH_KNOWN_HOSTS": str(sshd.known_hosts),
+    }  # fmt: skip
+    s = replace(settings_from_config(cfg, env=over), use_agent=False)
+    with SshTransport(s) as t:
+        assert t.capture(cmd("true")).returncode == 0

@@ -311,7 +311,7 @@ class SshTransport:
         secrets = tuple(s for c in step.commands if c.stdin for s in c.stdin.secrets)
         for c in step.commands:
             if on_output is not None:
-                on_output("$ " + mask(c.line, secrets))
+                on_output("$ " + _short(mask(c.line, secrets)))
             out = self._exec(c, on_line=on_output, secrets=secrets)
             if out.returncode != 0:
                 raise RootStepError(
@@ -326,6 +326,14 @@ class SshTransport:
         """Run a read-only command; its output whatever the exit code."""
         secrets = command.stdin.secrets if command.stdin else ()
         return self._exec(command, on_line=None, secrets=secrets)
+
+
+def _short(line: str, width: int = 160) -> str:
+    """A command line for the progress display: its first line, at most ``width`` chars."""
+    first, _, rest = line.partition("\n")
+    if rest or len(first) > width:
+        return first[:width] + " …"
+    return first
 
 
 class _Feeder(threading.Thread):

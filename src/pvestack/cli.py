@@ -171,7 +171,10 @@ def plan(
 
 def _progress(a: Action, phase: str, detail: str) -> None:
     line = f"{a.change.symbol} {a.id} [{a.actor.value}] {a.target}"
-    if phase == "start":
+    if phase == "progress":
+        if a.actor is not Actor.API and detail.strip():  # root/guest output, masked
+            err.print(f"    [dim]│ {escape(detail.rstrip())}[/]")
+    elif phase == "start":
         err.print(f"[cyan]…[/] {escape(line)}")
     elif phase == "done":
         err.print(f"[green]✓[/] {escape(a.id)}")

@@ -59,8 +59,8 @@ docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1
 INSTALL_DOCKER_CE = f"""\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q ca-certificates curl gnupg
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q ca-certificates curl gnupg
 install -m 0755 -d /etc/apt/keyrings
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -74,16 +74,16 @@ install -m 0644 "$tmp/docker.asc" /etc/apt/keyrings/docker.asc
 # shellcheck source=/dev/null
 . /etc/os-release
 echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian $VERSION_CODENAME stable" >/etc/apt/sources.list.d/docker.list
-apt-get update -q
-apt-get install -y -q docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin
 systemctl enable --now docker
 """
 
 INSTALL_DOCKER_DEBIAN = """\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q docker.io docker-compose
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker.io docker-compose
 systemctl enable --now docker
 """
 

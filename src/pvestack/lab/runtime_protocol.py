@@ -47,7 +47,11 @@ class Runtime(Protocol):
     def pid(self, vmid: int) -> int | None: ...
 
     def exec(
-        self, vmid: int, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None
+        self,
+        vmid: int,
+        argv: Sequence[str],
+        stdin: bytes | None = None,
+        timeout: float | None = None,
     ) -> ExecResult:
         """Run ``argv`` inside the running container as root (``lxc-attach``)."""
 

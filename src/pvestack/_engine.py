@@ -10,7 +10,6 @@ Nothing here prints: progress goes to a callback (the CLI renders it).
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from pvestack._client import CallHook, ClientSettings, PveClient
-from pvestack._commands import Step, cmd, render_script
+from pvestack._commands import Step, cmd
 from pvestack._config import StackFile
 from pvestack._desired import build_desired, check_apps, token_secret
 from pvestack._errors import (
@@ -42,8 +41,11 @@ from pvestack._model import (
 from pvestack._observe import FactReader, observe
 from pvestack._plan import plan as make_plan_from
 from pvestack._plan import split_props
+from pvestack._steps.guest import guest_fact_commands, parse_guest_facts
 from pvestack.executors._api import ApiExecutor
 from pvestack.executors._base import RootTransport
+from pvestack.executors._ssh import open_transport as open_ssh_transport
+from pvestack.verify import VerifyReport, verify
 
 CONSOLE_SUCCESS_MARKER = "PVESTACK-ROOT-STEPS-DONE"
 
@@ -98,16 +100,7 @@ def open_root_transport(cfg: StackFile) -> RootAccess:
             via,
         )
     try:
-        mod: Any = importlib.import_module("pvestack.executors._ssh")
-    except ImportError:
-        return RootAccess(
-            None, "the SSH root executor (pvestack.executors._ssh) is not available yet", via
-        )
-    opener = getattr(mod, "open_transport", None)
-    if opener is None:
-        return RootAccess(None, "pvestack.executors._ssh has no open_transport(cfg) yet", via)
-    try:
-        transport = opener(cfg)
+        transport = open_ssh_transport(cfg)
     except PvestackError as e:
         return RootAccess(None, f"SSH to {cfg.root.ssh.host} failed: {e}", via)
     return RootAccess(transport, "", via)
@@ -132,14 +125,9 @@ class TransportFactReader:
 
     def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
         """The recipe's read-only fact commands (``pvestack._steps.guest``), run as root."""
-        try:
-            guest: Any = importlib.import_module("pvestack._steps.guest")
-        except ImportError:
-            return {}
-        commands = guest.guest_fact_commands(stack, vmid)
+        commands = guest_fact_commands(stack, vmid)
         outputs = [self.transport.capture(c).stdout for c in commands]
-        facts: Mapping[str, str] = guest.parse_guest_facts(outputs)
-        return facts
+        return parse_guest_facts(outputs)
 
 
 # ---------------------------------------------------------------- plan
@@ -342,12 +330,6 @@ def root_steps(p: Plan) -> tuple[Step, ...]:
     return tuple(s for a in console_actions(p)[0] for s in a.steps)
 
 
-def console_script(p: Plan, *, title: str) -> str:
-    """The plan's root (and secret-free guest) steps as one idempotent script for the
-    node's shell, ending with ``CONSOLE_SUCCESS_MARKER``."""
-    return render_script(root_steps(p), title=title, success_marker=CONSOLE_SUCCESS_MARKER)
-
-
 def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
     """A poll for the console hand-off: what the plan's root steps should have changed
     that the API does not show yet (an empty list: all there).
@@ -541,20 +523,8 @@ def destroy(
 # ---------------------------------------------------------------- verify
 
 
-def verify_module() -> Any | None:
-    """``pvestack.verify`` when it provides ``verify(desired, vmids, api_get, transport)``."""
-    try:
-        mod: Any = importlib.import_module("pvestack.verify")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "verify") else None
-
-
-def run_verify(cfg: StackFile, client: PveClient, *, root: RootAccess) -> Any:
+def run_verify(cfg: StackFile, client: PveClient, *, root: RootAccess) -> VerifyReport:
     """Observe, then run the verify checks on the containers carrying this file's marks."""
-    mod = verify_module()
-    if mod is None:
-        raise PvestackError("verify is not available in this build (pvestack.verify)")
     check_apps(cfg)
     desired = build_desired(cfg, source=cfg.source_file)
     observed = observe(client, desired)
@@ -562,4 +532,4 @@ def run_verify(cfg: StackFile, client: PveClient, *, root: RootAccess) -> Any:
     for s in observed.stacks:
         c = s.container
         vmids[s.name] = c.vmid if c is not None and c.owner_stack == s.name else None
-    return mod.verify(desired, vmids, client.get, root.transport)
+    return verify(desired, vmids, client.get, root.transport)

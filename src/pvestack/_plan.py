@@ -18,13 +18,10 @@ are refused unless ``adopt``.
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pvestack._commands import Step
 from pvestack._model import (
     MARK_TAG,
     Action,
@@ -42,6 +39,8 @@ from pvestack._model import (
     Plan,
     StackSpec,
 )
+from pvestack._steps import guest as guest_steps
+from pvestack._steps import root as root_steps
 
 #: the feature flags a token may set (alone, on an unprivileged CT)
 TOKEN_FEATURES = frozenset({"nesting"})
@@ -49,32 +48,6 @@ TOKEN_FEATURES = frozenset({"nesting"})
 _NET_SERVER_KEYS = frozenset({"hwaddr", "type"})
 #: keys pvestack may delete when the stack file no longer sets them
 _DELETABLE = ("nameserver", "searchdomain")
-
-
-# ---------------------------------------------------------------- optional builders
-
-
-def _optional(module: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-def _root_steps() -> ModuleType | None:
-    return _optional("pvestack._steps.root")
-
-
-def _guest_steps() -> ModuleType | None:
-    return _optional("pvestack._steps.guest")
-
-
-def _build(name: str, *args: Any, **kwargs: Any) -> tuple[Step, ...]:
-    mod = _root_steps()
-    fn: Callable[..., Step] | None = getattr(mod, name, None) if mod else None
-    if fn is None:
-        return ()
-    return (fn(*args, **kwargs),)
 
 
 # ---------------------------------------------------------------- value helpers
@@ -168,11 +141,6 @@ def plan(
         actions.extend(p.actions)
         refused.extend(p.refused)
         warnings.extend(p.warnings)
-    if _root_steps() is None and any(a.actor is Actor.ROOT for a in actions):
-        warnings.append(
-            "root step builders (pvestack._steps.root) are not available yet: "
-            "root actions are listed but carry no commands"
-        )
     return Plan(actions=tuple(actions), refused=tuple(refused), warnings=tuple(warnings))
 
 
@@ -525,7 +493,7 @@ class _StackPlanner:
             reason=why,
             before=dict(before),
             after=dict(set_keys),
-            steps=_build("pct_set_step", self.vmid, dict(set_keys), tuple(delete_keys)),
+            steps=(root_steps.pct_set_step(self.vmid, dict(set_keys), tuple(delete_keys)),),
             precondition=f"owned:{self.spec.name}" if not self.adopt else f"adopt:{self.spec.name}",
         )
 
@@ -560,7 +528,7 @@ class _StackPlanner:
                     "owner": f"{_host_owner(bm, idmap)}",
                     "mode": bm.mode,
                 },
-                steps=_build("host_dir_step", bm, idmap, chown_recursive=self.chown_recursive),
+                steps=(root_steps.host_dir_step(bm, idmap, chown_recursive=self.chown_recursive),),
                 precondition="host",
             )
 
@@ -583,7 +551,7 @@ class _StackPlanner:
             ),
             before={"lxc.idmap": "; ".join(have) or None},
             after={"lxc.idmap": "; ".join(want) or None},
-            steps=_build("idmap_step", self.vmid, idmap),
+            steps=(root_steps.idmap_step(self.vmid, idmap),),
             precondition=f"owned:{self.spec.name}",
         )
         return True
@@ -615,13 +583,13 @@ class _StackPlanner:
             before={"status": "running"},
             after={"status": "running (rebooted)"},
             api=() if root else (ApiCall("POST", f"{self.ct_path}/status/reboot", {}),),
-            steps=_build("reboot_step", self.vmid) if root else (),
+            steps=(root_steps.reboot_step(self.vmid),) if root else (),
             precondition=f"owned:{self.spec.name}",
         )
 
     def _probes(self, mounts: Sequence[BindMount]) -> None:
         for bm in mounts:
-            steps = _build("mount_probe_step", self.vmid, bm, self.ct.idmap)
+            steps = (root_steps.mount_probe_step(self.vmid, bm, self.ct.idmap),)
             self._add(
                 id=f"{self.spec.name}:probe:{bm.key}",
                 change=Change.RUN,
@@ -633,13 +601,9 @@ class _StackPlanner:
             )
 
     def _guest(self) -> None:
-        mod = _guest_steps()
-        fn = getattr(mod, "guest_actions", None) if mod else None
-        if fn is None or self.spec.app is None:
+        if self.spec.app is None:
             return
-        for a in fn(self.spec, self.obs, self.vmid):
-            if isinstance(a, Action):
-                self.actions.append(a)
+        self.actions.extend(guest_steps.guest_actions(self.spec, self.obs, self.vmid))
 
 
 def _same_bind(bm: BindMount, value: str) -> bool:

@@ -6,7 +6,6 @@ Exit codes: 0 done / nothing to change, 1 error, 2 changes pending
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from pvestack._config import DEFAULT_FILE, StackFile, json_schema, load_config
 from pvestack._errors import ConfigError, PvestackError
 from pvestack._model import Action, Actor
 from pvestack._plan import render_text
+from pvestack.executors import _console as console
+from pvestack.lab.cli import app as lab_app
 
 app = typer.Typer(
     name="pvestack",
@@ -243,8 +244,7 @@ def apply(
                 lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
             ).plan
             script = _console_script_or_none(fresh, cfg)
-            console = _console_module()
-            if script and not json_out and sys.stdin.isatty() and console is not None:
+            if script and not json_out and sys.stdin.isatty():
                 poll = engine.root_effects_missing(client, fresh)
                 text = script
                 _guard(
@@ -262,7 +262,7 @@ def apply(
                     if p.actions
                     else engine.ApplyResult((), p)
                 )
-        if not no_verify and res.exit_code == 0 and engine.verify_module() is not None:
+        if not no_verify and res.exit_code == 0:
             if not json_out:
                 out.print("\nverify:")
             report = _guard(lambda: engine.run_verify(cfg, client, root=root))
@@ -298,24 +298,11 @@ def apply(
     raise typer.Exit(code)
 
 
-def _console_module() -> Any | None:
-    """The console hand-off (``pvestack.executors._console``) when this build has it."""
-    try:
-        mod = importlib.import_module("pvestack.executors._console")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "hand_off") and hasattr(mod, "console_script") else None
-
-
 def _render_console_script(p: Any, cfg: StackFile) -> str:
     title = f"pvestack root steps for {cfg.source_file}"
-    console = _console_module()
-    if console is not None:
-        text: str = console.console_script(
-            engine.root_steps(p), title=title, success_marker=engine.CONSOLE_SUCCESS_MARKER
-        )
-        return text
-    return engine.console_script(p, title=title)
+    return console.console_script(
+        engine.root_steps(p), title=title, success_marker=engine.CONSOLE_SUCCESS_MARKER
+    )
 
 
 def _console_script_or_none(p: Any, cfg: StackFile) -> str | None:
@@ -455,9 +442,6 @@ def verify(
     root_via: RootViaOpt = None,
 ) -> None:
     """Check that the deployed stacks work (the seed's checklist, with evidence)."""
-    if engine.verify_module() is None:
-        err.print("[bold red]error:[/] verify is not available in this build yet")
-        raise typer.Exit(1)
     cfg = _load(
         config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
         ca_file=ca_file, node=node, root_via=root_via,
@@ -501,17 +485,7 @@ def version() -> None:
     out.print(__version__)
 
 
-def _add_lab() -> None:
-    try:
-        mod = importlib.import_module("pvestack.lab.cli")
-    except ImportError:
-        return
-    lab_app = getattr(mod, "app", None)
-    if isinstance(lab_app, typer.Typer):
-        app.add_typer(lab_app, name="lab", help="the lab: a PVE-node emulator on real LXC")
-
-
-_add_lab()
+app.add_typer(lab_app, name="lab", help="the lab: a PVE-node emulator on real LXC")
 
 
 def main() -> None:

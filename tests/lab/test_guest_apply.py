@@ -49,6 +49,14 @@ def lab() -> Iterator[Lab]:
         (lab.dir / "images").mkdir(exist_ok=True)
         for t in TARBALLS:
             (lab.dir / "images" / t).symlink_to(IMAGES / t)
+        # record every `pct` argv the node receives (secrets must never be there)
+        pct = lab.dir / "bin" / "pct"
+        pct.rename(pct.with_name("pct.real"))
+        pct.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "$*" >>{lab.dir / "pct-argv.log"}\n'
+            f'exec {pct.with_name("pct.real")} "$@"\n'
+        )
+        pct.chmod(0o755)
         yield lab
     finally:
         try:
@@ -179,6 +187,13 @@ def test_apply_gateway_and_hermes(lab: Lab, env: dict[str, str], tmp_path: Path)
     assert started_at(env, HERMES, "hermes") != hermes_t0
     assert started_at(env, GW, "litellm") == gw_t0
 
-    # no secret in anything pvestack printed
+    # no secret in anything pvestack printed, in any argv the node saw, in the node's logs
     key = env["LITELLM_MASTER_KEY"]
     assert all(key not in text for text in printed)
+    argv_log = (lab.dir / "pct-argv.log").read_text()
+    assert f"exec {HERMES} -- sh -c" in argv_log and "push" in argv_log
+    assert key not in argv_log
+    for part in ("tasks", "run", "etc", "state"):
+        for f in (lab.dir / part).rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                assert key.encode() not in f.read_bytes(), f

@@ -350,3 +350,42 @@ def test_payload_reveals_exact_bytes() -> None:
     assert spec.app is not None
     env = next(f for f in spec.app.files if f.merge_env)
     assert Payload(env.content).reveal() == f"LITELLM_API_KEY={KEY.value}\n".encode()
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
+def test_docker_ce_refuses_a_key_with_another_fingerprint(tmp_path: Path) -> None:
+    """INSTALL_DOCKER_CE run with stand-ins for the network and package tools: a key
+    that is not Docker's (a fresh one) stops it before any apt source is written."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg_env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "not-docker@example.invalid",
+         "ed25519", "sign", "1d"],
+        env=gpg_env, capture_output=True, check=True,
+    )  # fmt: skip
+    key = tmp_path / "key.asc"
+    key.write_bytes(
+        subprocess.run(
+            ["gpg", "--batch", "--armor", "--export"], env=gpg_env, capture_output=True, check=True
+        ).stdout
+    )
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("apt-get", "install", "dpkg", "systemctl"):
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\n')
+    # curl -fsSL URL -o FILE: copy the local key to FILE ($4)
+    (bindir / "curl").write_text(f'#!/bin/sh\necho "curl $*" >>{calls}\ncp {key} "$4"\n')
+    for p in bindir.iterdir():
+        p.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "GNUPGHOME": str(home)}
+    r = subprocess.run(
+        ["sh", "-c", guest.INSTALL_DOCKER_CE, "sh"], env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert f"expected {guest.DOCKER_KEY_FINGERPRINT}" in r.stderr
+    log = calls.read_text()
+    assert f"curl -fsSL {guest.DOCKER_KEY_URL} -o" in log
+    assert "docker-ce" not in log  # never reached the install

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from pvestack._model import AppFile, AppSpec
 from pvestack.recipes import (
     HermesApp,
     LiteLLMApp,
+    app_json_schema,
     load_app,
     merge_env,
     project_name,
@@ -343,3 +345,11 @@ def test_merge_env_keeps_other_keys_and_comments() -> None:
     existing = "# mine\nAPI_SERVER_KEY=abc\nLITELLM_API_KEY=old\nLITELLM_API_KEY=dup\n"
     out = merge_env(existing, {"LITELLM_API_KEY": "new", "TZ": "UTC"})
     assert out == "# mine\nAPI_SERVER_KEY=abc\nLITELLM_API_KEY=new\nTZ=UTC\n"
+
+
+def test_app_json_schema_accepts_the_examples_and_refuses_typos() -> None:
+    schema = app_json_schema()
+    jsonschema.validate(hermes_raw(), schema)
+    jsonschema.validate(litellm_raw(), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(hermes_raw(colour="blue"), schema)

@@ -40,6 +40,7 @@ __all__ = [
     "AppConfig",
     "HermesApp",
     "LiteLLMApp",
+    "app_json_schema",
     "env_lines",
     "load_app",
     "merge_env",
@@ -250,6 +251,19 @@ _RECIPES: dict[str, type[HermesApp] | type[LiteLLMApp]] = {
     "hermes": HermesApp,
     "litellm": LiteLLMApp,
 }
+
+
+def app_json_schema() -> dict[str, Any]:
+    """JSON Schema of ``[stack.app]``: one of the recipes, chosen by ``recipe``."""
+    hermes = HermesApp.model_json_schema()
+    litellm = LiteLLMApp.model_json_schema()
+    defs: dict[str, Any] = {**hermes.pop("$defs", {}), **litellm.pop("$defs", {})}
+    return {
+        "title": "stack.app",
+        "oneOf": [hermes, litellm],
+        "discriminator": {"propertyName": "recipe"},
+        "$defs": defs,
+    }
 
 
 # ---------------------------------------------------------------- load

@@ -516,6 +516,8 @@ def _render_hermes(
                 "default_model": app.default_model,
                 "key_env": app.key_env,
                 "platforms": ",".join(platforms),
+                "uid": str(app.uid),
+                "gid": str(gid),
             }
         ),
     )
@@ -592,6 +594,7 @@ def _render_litellm(app: LiteLLMApp, name: str, secrets: Mapping[str, Secret]) -
                 "models": ",".join(m.name for m in app.models),
                 "key_env": "LITELLM_MASTER_KEY",
                 "container": app.container,
+                "master_key": app.master_key,
             }
         ),
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pvestack._commands import Command, Secret, cmd, mask
+from pvestack._commands import Command, Payload, Secret, cmd, mask
 from pvestack._model import DesiredState, StackSpec
 from pvestack.executors._base import CommandOutput, RootTransport
 
@@ -460,10 +460,14 @@ def check_llm_path(ctx: _Ctx, container: str) -> Iterator[CheckResult]:
     if model not in ids:
         return
     usage = f"/tmp/pvestack-usage-{uuid.uuid4().hex[:8]}.json"
+    # as the data dir's owner (HERMES_UID), so the run leaves no root-owned files in /opt/data
+    user = f"{meta.get('uid', '10000')}:{meta.get('gid', meta.get('uid', '10000'))}"
     run = ctx.run(
         ctx.pct(
             "docker",
             "exec",
+            "-u",
+            user,
             container,
             "hermes",
             "-z",
@@ -489,6 +493,113 @@ def check_llm_path(ctx: _Ctx, container: str) -> Iterator[CheckResult]:
         f"api_calls={report.get('api_calls')} model={report.get('model')}"
         + (f" failure={report.get('failure')}" if report.get("failure") else ""),
         "" if ok else f"see `pct exec {ctx.vmid} -- docker logs {container}`",
+    )
+
+
+# Runs inside the LiteLLM container: the master key comes on stdin, never in argv.
+_GATEWAY_PROBE = r"""
+import json, sys, urllib.error, urllib.request
+port = sys.argv[1]
+key = sys.stdin.readline().strip()
+def get(path, auth):
+    headers = {"Authorization": "Bearer " + key} if auth else {}
+    req = urllib.request.Request("http://127.0.0.1:" + port + path, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read().decode(errors="replace")
+            return {"status": r.status, "body": body[:2000]}
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "body": e.read().decode(errors="replace")[:300]}
+    except Exception as e:
+        return {"status": 0, "body": str(e)[:300]}
+print(json.dumps({"live": get("/health/liveliness", False), "models": get("/v1/models", True)}))
+"""
+
+
+def check_litellm(ctx: _Ctx) -> Iterator[CheckResult]:
+    """The LiteLLM gateway: alive, and ``/v1/models`` with the master key lists the models."""
+    app = ctx.stack.app
+    if app is None or app.recipe != "litellm":
+        return
+    meta = app.verify
+    container = meta.get("container", "litellm")
+    port = meta.get("port", "4000")
+    want = [m for m in meta.get("models", "").split(",") if m]
+    if ctx.transport is None:
+        yield ctx.result("gateway.health", "the gateway is alive", Status.SKIP, NO_ROOT)
+        return
+    key = next((s for s in app.secrets if s.name == meta.get("master_key")), None)
+    key = key or (app.secrets[0] if app.secrets else None)
+    out = ctx.run(
+        cmd(
+            "pct",
+            "exec",
+            str(ctx.vmid),
+            "--",
+            "docker",
+            "exec",
+            "-i",
+            container,
+            "python3",
+            "-c",
+            _GATEWAY_PROBE,
+            port,
+            stdin=Payload((key, "\n") if key is not None else ("\n",)),
+        )
+    )
+    try:
+        answer = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+    except ValueError:
+        answer = {}
+    live = answer.get("live") or {}
+    models = answer.get("models") or {}
+    live_ok = live.get("status") == 200 and "alive" in str(live.get("body", "")).lower()
+    yield ctx.result(
+        "gateway.health",
+        f"the gateway answers /health/liveliness on port {port}",
+        Status.PASS if live_ok else Status.FAIL,
+        f"GET /health/liveliness: {live.get('status')} {str(live.get('body', ''))[:80]}"
+        if answer
+        else f"probe in container {container} failed: exit {out.returncode} "
+        f"{(out.stderr or out.stdout).strip()[:300]}",
+        ""
+        if live_ok
+        else f"see `pct exec {ctx.vmid} -- docker logs {container}` (LiteLLM needs ~20 s to "
+        "start; a bad config.yaml keeps it restarting)",
+    )
+    if not live_ok:
+        return
+    status = models.get("status")
+    ids: list[str] = []
+    try:
+        body = json.loads(models.get("body", ""))
+        ids = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        body = None
+    missing = [m for m in want if m not in ids]
+    ok = status == 200 and not missing
+    if status != 200:
+        fix = (
+            "the gateway refused the master key: config.yaml's master_key and the "
+            f"{meta.get('master_key', 'master key')} secret differ; run `pvestack apply`"
+            if status in (400, 401, 403)
+            else "the gateway does not answer /v1/models"
+        )
+        ev = f"GET /v1/models with the master key: {status} {str(models.get('body'))[:200]}"
+    else:
+        fix = (
+            f"models missing from the gateway: {', '.join(missing)}; run `pvestack apply` "
+            "(config.yaml model_list)"
+            if missing
+            else ""
+        )
+        ev = f"GET /v1/models with the master key: 200, models: {', '.join(ids) or '(none)'}"
+    yield ctx.result(
+        "gateway.models",
+        "the gateway lists the configured models (master key)",
+        Status.PASS if ok else Status.FAIL,
+        ev + f" (want {', '.join(want)})",
+        fix,
     )
 
 
@@ -571,5 +682,6 @@ def verify(
             results.extend(check_docker(ctx, image))
             results.extend(check_app_containers(ctx))
             results.extend(check_hermes(ctx))
+            results.extend(check_litellm(ctx))
             results.extend(check_secrets(ctx))
     return VerifyReport(tuple(results))

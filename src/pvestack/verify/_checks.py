@@ -406,6 +406,15 @@ except Exception as e:
 """
 
 
+def _roundtrip_skipped(ctx: _Ctx) -> CheckResult:
+    return ctx.result(
+        "llm.roundtrip",
+        "a model round trip through Hermes completes",
+        Status.SKIP,
+        "not run: llm.models failed (fix that first)",
+    )
+
+
 def check_llm_path(ctx: _Ctx, container: str) -> Iterator[CheckResult]:
     app = ctx.stack.app
     assert app is not None
@@ -446,6 +455,7 @@ def check_llm_path(ctx: _Ctx, container: str) -> Iterator[CheckResult]:
             f"GET {url}/models: {status} {str(body)[:200] if body else out.stderr.strip()}",
             fix,
         )
+        yield _roundtrip_skipped(ctx)
         return
     yield ctx.result(
         "llm.models",
@@ -458,6 +468,7 @@ def check_llm_path(ctx: _Ctx, container: str) -> Iterator[CheckResult]:
         f"to one of: {', '.join(str(i) for i in ids)}",
     )
     if model not in ids:
+        yield _roundtrip_skipped(ctx)
         return
     usage = f"/tmp/pvestack-usage-{uuid.uuid4().hex[:8]}.json"
     # as the data dir's owner (HERMES_UID), so the run leaves no root-owned files in /opt/data
@@ -651,6 +662,71 @@ def check_secrets(ctx: _Ctx) -> Iterator[CheckResult]:
     )
 
 
+def _dependent(ctx: _Ctx, after: str) -> tuple[tuple[str, str], ...]:
+    """The checks that need what ``after`` checks (id, title), in run order."""
+    app = ctx.stack.app
+    out: list[tuple[str, str]] = []
+    if after == "ct.running":
+        out += [
+            (f"mount.{m.ct_path}", f"{m.ct_path} is writable")
+            for m in ctx.stack.container.bind_mounts
+        ]
+        if app is not None:
+            out.append(("docker.engine", "the Docker engine runs a container"))
+    if app is None:
+        return tuple(out)
+    if after in ("ct.running", "docker.engine"):
+        out.append(("app.containers", "the app's containers are running"))
+    if app.recipe == "hermes":
+        out += [
+            ("hermes.gateway", "Hermes gateway_state is running"),
+            ("llm.models", "the gateway's /v1/models answers with the key"),
+            ("llm.roundtrip", "a model round trip through Hermes completes"),
+        ]
+    elif app.recipe == "litellm":
+        out += [
+            ("gateway.health", "the gateway answers /health/liveliness"),
+            ("gateway.models", "the gateway lists the configured models (master key)"),
+        ]
+    if after in ("ct.running", "docker.engine") and any(s.value for s in app.secrets):
+        out.append(("secrets.inspect", "no secret appears in `docker inspect`"))
+    return tuple(out)
+
+
+def _skip_after(ctx: _Ctx, failed: str) -> Iterator[CheckResult]:
+    for cid, title in _dependent(ctx, failed):
+        yield ctx.result(cid, title, Status.SKIP, f"not run: {failed} failed (fix that first)")
+
+
+def _stack_checks(ctx: _Ctx) -> Iterator[CheckResult]:
+    """One stack's checks; a failed prerequisite skips what depends on it, so one
+    broken thing shows as one failed check."""
+    first = list(check_container(ctx))
+    yield from first
+    if any(r.id == "ct.running" and r.status is Status.FAIL for r in first):
+        yield from _skip_after(ctx, "ct.running")
+        return
+    yield from check_mounts_writable(ctx)
+    app = ctx.stack.app
+    if app is None:
+        return
+    image = app.images[0].ref if app.images else None
+    docker = list(check_docker(ctx, image))
+    yield from docker
+    if any(r.status is Status.FAIL for r in docker):
+        yield from _skip_after(ctx, "docker.engine")
+        yield from (r for r in check_secrets(ctx) if r.id != "secrets.inspect")
+        return
+    containers = list(check_app_containers(ctx))
+    yield from containers
+    if any(r.status is Status.FAIL for r in containers):
+        yield from _skip_after(ctx, "app.containers")
+    else:
+        yield from check_hermes(ctx)
+        yield from check_litellm(ctx)
+    yield from check_secrets(ctx)
+
+
 def verify(
     desired: DesiredState,
     vmids: Mapping[str, int | None],
@@ -675,13 +751,5 @@ def verify(
             continue
         secrets = stack.app.secrets if stack.app else ()
         ctx = _Ctx(stack, vmid, api_get, transport, secrets)
-        results.extend(check_container(ctx))
-        results.extend(check_mounts_writable(ctx))
-        if stack.app is not None:
-            image = stack.app.images[0].ref if stack.app.images else None
-            results.extend(check_docker(ctx, image))
-            results.extend(check_app_containers(ctx))
-            results.extend(check_hermes(ctx))
-            results.extend(check_litellm(ctx))
-            results.extend(check_secrets(ctx))
+        results.extend(_stack_checks(ctx))
     return VerifyReport(tuple(results))

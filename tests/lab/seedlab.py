@@ -1,0 +1,167 @@
+"""One lab with the seed's two stacks applied (examples/lab.toml: LiteLLM gateway + Hermes),
+shared by ``test_seed_e2e`` and ``test_verify_failures`` (one lab up, one apply per run).
+
+``SeedLab.get(request)`` brings the lab up on first use and tears it down at the end of
+the session (pid-based: ``Lab.down`` stops what it started). Lab number 6: its own
+directory, bridge, subnet and ports, so other labs on the machine are left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from labkit import host_tmpdir, make_lab, ssh
+
+from pvestack.lab.control import Lab
+
+ROOT = Path(__file__).resolve().parents[2]
+PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
+IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
+TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+GW, HERMES = 217, 218
+MOCK_ANSWER = "OK (the lab gateway's mock model)"
+
+
+def pvestack(
+    env: dict[str, str], *args: str, timeout: float = 2400
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_for(what: str, probe: Callable[[], tuple[bool, str]], timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        ok, last = probe()
+        if ok:
+            return last
+        time.sleep(3)
+    raise AssertionError(f"{what}: not reached in {timeout}s; last: {last}")
+
+
+class SeedLab:
+    _instance: SeedLab | None = None
+
+    def __init__(self, lab: Lab, env: dict[str, str], stack_file: Path) -> None:
+        self.lab = lab
+        self.env = env
+        self.stack_file = stack_file
+        self.applied = False
+        self.printed: list[str] = []  # everything pvestack printed (no secret may be there)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def get(cls, request: pytest.FixtureRequest) -> SeedLab:
+        if cls._instance is not None:
+            return cls._instance
+        missing = [t for t in TARBALLS if not (IMAGES / t).is_file()]
+        if missing:
+            pytest.skip(
+                f"no lab images in {IMAGES} ({', '.join(missing)}): run scripts/build-lab-images.sh"
+            )
+        lock = Path("/run/pvestack-labseed.lock").open("w")  # noqa: SIM115
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lab = make_lab(host_tmpdir("pvestack-labseed-"), 6)
+
+        def down() -> None:
+            try:
+                lab.down(purge=True)
+            finally:
+                shutil.rmtree(lab.dir, ignore_errors=True)  # the bind mounts' host dirs too
+                lock.close()
+                cls._instance = None
+
+        request.session.config.add_cleanup(down)
+        lab.up(install=False)
+        (lab.dir / "images").mkdir(exist_ok=True)
+        for t in TARBALLS:
+            (lab.dir / "images" / t).symlink_to(IMAGES / t)
+        net = ipaddress.ip_network(lab.settings.subnet)
+        hosts = list(net.hosts())
+        gw_ip = str(hosts[-5])
+        env = {
+            **os.environ,
+            **lab.env(),
+            "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+            "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
+            "PVESTACK_LAB_GATEWAY_IP": gw_ip,
+            "PVESTACK_LAB_ROUTER": str(hosts[0]),
+        }
+        stack_file = lab.dir / "lab.toml"
+        stack_file.write_text((ROOT / "examples" / "lab.toml").read_text())
+        cls._instance = SeedLab(lab, env, stack_file)
+        return cls._instance
+
+    def run(self, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
+        r = pvestack(self.env, *args, timeout=timeout)
+        self.printed += [r.stdout, r.stderr]
+        log = os.environ.get("PVESTACK_SEEDLAB_LOG")  # the full outputs, for debugging
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"\n==== pvestack {' '.join(args)}: exit {r.returncode}\n")
+                f.write(r.stdout + "\n---- stderr\n" + r.stderr)
+        return r
+
+    def apply(self) -> subprocess.CompletedProcess[str]:
+        """``pvestack apply`` (which ends with verify); the stack is up and green after it."""
+        r = self.run("apply", "-c", str(self.stack_file), "--yes")
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+        self.applied = True
+        return r
+
+    def ensure_applied(self) -> None:
+        if not self.applied:
+            self.apply()
+
+    # ------------------------------------------------------------ looking at it
+
+    def pct(self, command: str, stdin: str | None = None, check: bool = True) -> str:
+        r = ssh(self.env, f"pct {command}", 300, stdin=stdin)
+        if check:
+            assert r.returncode == 0, f"pct {command}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def verify(self, stack_file: Path | None = None) -> tuple[int, dict[str, dict[str, Any]]]:
+        """``pvestack verify --json``: the exit code and the checks by ``stack/id``."""
+        r = self.run("verify", "-c", str(stack_file or self.stack_file), "--json", timeout=600)
+        try:
+            data = json.loads(r.stdout)
+        except ValueError as e:
+            raise AssertionError(f"verify --json: {r.returncode}\n{r.stdout}\n{r.stderr}") from e
+        assert data["ok"] is (r.returncode == 0), data
+        return r.returncode, {f"{c['stack']}/{c['id']}": c for c in data["checks"]}
+
+    def hermes_running(self) -> tuple[bool, str]:
+        r = ssh(self.env, f"pct exec {HERMES} -- cat /opt/hermes/gateway_state.json", 30)
+        try:
+            state = json.loads(r.stdout).get("gateway_state")
+        except ValueError:
+            state = None
+        return state == "running", r.stdout + r.stderr
+
+    def wait_green(self, timeout: float = 240) -> dict[str, dict[str, Any]]:
+        """Verify until it is all green (after a repair: containers restart, Hermes boots)."""
+        last: dict[str, dict[str, Any]] = {}
+
+        def probe() -> tuple[bool, str]:
+            nonlocal last
+            code, last = self.verify()
+            bad = [f"{k}: {c['evidence']}" for k, c in last.items() if c["status"] == "fail"]
+            return code == 0, "; ".join(bad)
+
+        wait_for("verify all green", probe, timeout)
+        return last

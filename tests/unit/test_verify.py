@@ -1,0 +1,209 @@
+"""verify's logic on the real lab stack file (examples/lab.toml), with the node's answers
+played back by a transport that answers ``pct exec`` commands as a healthy (or broken)
+node does. The lab tests run the same checks against real containers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pvestack._commands import Command, Step
+from pvestack._config import load_config
+from pvestack._desired import build_desired
+from pvestack._model import DesiredState
+from pvestack.executors._base import CommandOutput
+from pvestack.verify import Status, verify
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-unit-" + "4f" * 12
+ENV = {"LITELLM_MASTER_KEY": KEY, "PVESTACK_TOKEN_SECRET": "x" * 36}
+
+
+def desired() -> DesiredState:
+    cfg = load_config(ROOT / "examples" / "lab.toml", env=ENV)
+    return build_desired(cfg, env=ENV)
+
+
+Answer = Callable[[Command], CommandOutput | None]
+
+
+class Node:
+    """Answers the checks' commands like a node with the stacks up; ``broken`` overrides."""
+
+    def __init__(self, *overrides: Answer) -> None:
+        self.overrides = overrides
+        self.seen: list[Command] = []
+
+    def run_step(self, step: Step, *, on_output: Any = None) -> bool:
+        raise AssertionError("verify never changes anything")
+
+    def close(self) -> None:
+        pass
+
+    def capture(self, c: Command) -> CommandOutput:
+        self.seen.append(c)
+        for o in self.overrides:
+            got = o(c)
+            if got is not None:
+                return got
+        return healthy(c)
+
+
+def ok(out: str = "") -> CommandOutput:
+    return CommandOutput(0, out, "")
+
+
+def healthy(c: Command) -> CommandOutput:
+    a = c.argv
+    line = " ".join(a)
+    if a[0] == "stat" and a[-1].split("/")[-1].startswith(".pvestack-probe-"):
+        return ok("110000:110000\n")
+    if a[0] == "rm" or a[-3:-1] == ("rm", "-f"):
+        return ok()
+    if "setpriv" in a:
+        return ok()
+    if "stat" in a and a[-1].endswith("/.env"):
+        return ok("600 10000:10000\n")
+    if "docker" in a and "run" in a:
+        return ok()
+    if "docker" in a and "ps" in a and "--format" in a:
+        project = next(x.rsplit("=", 1)[1] for x in a if x.startswith("label="))
+        svc = {"gateway": "litellm", "hermes": "hermes"}[project]
+        row = {
+            "State": "running",
+            "Status": "Up 2 minutes",
+            "Labels": f"com.docker.compose.project={project},com.docker.compose.service={svc}",
+        }
+        return ok(json.dumps(row) + "\n")
+    if "gateway_state.json" in line:
+        return ok(json.dumps({"gateway_state": "running", "platforms": {}}))
+    if "python3" in a and "/health/liveliness" in line:
+        assert c.stdin is not None and c.stdin.reveal().decode().strip() == KEY
+        models = json.dumps({"data": [{"id": "mock-gpt"}]})
+        return ok(
+            json.dumps(
+                {
+                    "live": {"status": 200, "body": '"I\'m alive!"'},
+                    "models": {"status": 200, "body": models},
+                }
+            )
+        )
+    if "python3" in a:
+        return ok(json.dumps({"status": 200, "body": {"data": [{"id": "mock-gpt"}]}}))
+    if "hermes" in a and "-z" in a:
+        return ok("OK (the lab gateway's mock model)\n")
+    if "cat" in a and a[-1].startswith("/tmp/pvestack-usage-"):
+        return ok(json.dumps({"completed": True, "failed": False, "model": "mock-gpt"}))
+    if "ps" in a and "-aq" in a:
+        return ok("abc123\n")
+    if "inspect" in a:
+        return ok('[{"Config": {"Env": ["HERMES_UID=10000"]}}]')
+    raise AssertionError(f"unexpected command: {line}")
+
+
+def api_get(path: str) -> Any:
+    if path.endswith("/status/current"):
+        return {"status": "running"}
+    if path.endswith("/218/config"):
+        return {
+            "features": "keyctl=1,nesting=1",
+            "mp0": "/var/lib/pvestack-lab/hostdata/hermes-data,mp=/data",
+            "mp1": "/var/lib/pvestack-lab/hostdata/hermes-fast,mp=/fast",
+        }
+    return {"features": "keyctl=1,nesting=1"}
+
+
+VMIDS = {"gateway": 217, "hermes": 218}
+
+
+def by_id(node: Node) -> dict[str, Any]:
+    report = verify(desired(), VMIDS, api_get, node)
+    return {f"{r.stack}/{r.id}": r for r in report.results}
+
+
+def test_all_green() -> None:
+    node = Node()
+    report = verify(desired(), VMIDS, api_get, node)
+    assert report.ok
+    failed = [r for r in report.results if r.status is Status.FAIL]
+    assert failed == []
+    ids = {f"{r.stack}/{r.id}" for r in report.results if r.status is Status.PASS}
+    assert {"gateway/gateway.health", "gateway/gateway.models", "hermes/llm.roundtrip"} <= ids
+    # the key never travels in argv
+    assert all(KEY not in " ".join(c.argv) for c in node.seen)
+    data = report.to_json()
+    assert data["ok"] is True and data["format_version"] == 1
+
+
+def test_docker_down_fails_once_and_skips_what_needs_it() -> None:
+    def docker_down(c: Command) -> CommandOutput | None:
+        if "218" in c.argv and "docker" in c.argv:
+            return CommandOutput(1, "", "Cannot connect to the Docker daemon")
+        return None
+
+    checks = by_id(Node(docker_down))
+    failed = {k for k, r in checks.items() if r.status is Status.FAIL}
+    assert failed == {"hermes/docker.engine"}
+    assert "systemctl status docker" in checks["hermes/docker.engine"].fix
+    assert checks["hermes/llm.models"].status is Status.SKIP
+    assert "docker.engine failed" in checks["hermes/app.containers"].evidence
+    assert checks["hermes/secrets.env:/opt/hermes/.env"].status is Status.PASS
+
+
+def test_wrong_key_is_named_and_secrets_are_masked() -> None:
+    def refused(c: Command) -> CommandOutput | None:
+        if "python3" in c.argv and "hermes" in c.argv:
+            body = f"Authentication Error, invalid key {KEY}"
+            return ok(json.dumps({"status": 401, "body": body}))
+        return None
+
+    checks = by_id(Node(refused))
+    c = checks["hermes/llm.models"]
+    assert c.status is Status.FAIL and "refused the key" in c.fix
+    assert KEY not in c.evidence and "***" in c.evidence
+    assert checks["hermes/llm.roundtrip"].status is Status.SKIP
+
+
+def test_a_leaked_secret_in_docker_inspect_fails() -> None:
+    def leak(c: Command) -> CommandOutput | None:
+        if "inspect" in c.argv and "217" in c.argv:
+            return ok(json.dumps([{"Config": {"Env": [f"LITELLM_MASTER_KEY={KEY}"]}}]))
+        return None
+
+    checks = by_id(Node(leak))
+    c = checks["gateway/secrets.inspect"]
+    assert c.status is Status.FAIL
+    assert "gateway_master_key" in c.evidence and KEY not in c.evidence
+
+
+def test_stopped_ct_skips_the_inside_checks() -> None:
+    def stopped(path: str) -> Any:
+        if path.endswith("218/status/current"):
+            return {"status": "stopped"}
+        return api_get(path)
+
+    node = Node()
+    report = verify(desired(), VMIDS, stopped, node)
+    checks = {f"{r.stack}/{r.id}": r for r in report.results}
+    assert not report.ok
+    assert {k for k, r in checks.items() if r.status is Status.FAIL} == {"hermes/ct.running"}
+    assert checks["hermes/mount./data"].status is Status.SKIP
+    assert not any("218" in c.argv for c in node.seen)
+
+
+def test_unknown_model_names_the_served_ones() -> None:
+    cfg = load_config(ROOT / "examples" / "lab.toml", env=ENV)
+    d = build_desired(cfg, env=ENV)
+    hermes = d.stack("hermes")
+    assert hermes.app is not None
+    meta = dict(hermes.app.verify)
+    meta["default_model"] = "gpt-nope"
+    app = replace(hermes.app, verify=meta)
+    d2 = DesiredState(tuple(replace(s, app=app) if s.name == "hermes" else s for s in d.stacks))
+    report = verify(d2, VMIDS, api_get, Node())
+    c = next(r for r in report.results if r.id == "llm.models")
+    assert c.status is Status.FAIL
+    assert "'gpt-nope' is not served" in c.fix and "mock-gpt" in c.fix

@@ -207,3 +207,35 @@ def test_unknown_model_names_the_served_ones() -> None:
     c = next(r for r in report.results if r.id == "llm.models")
     assert c.status is Status.FAIL
     assert "'gpt-nope' is not served" in c.fix and "mock-gpt" in c.fix
+
+
+def test_a_gateway_still_starting_is_waited_for() -> None:
+    calls = {"n": 0}
+
+    def booting(c: Command) -> CommandOutput | None:
+        if "/health/liveliness" in " ".join(c.argv):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                refused = {"status": 0, "body": "[Errno 111] Connection refused"}
+                return ok(json.dumps({"live": refused, "models": refused}))
+        return None
+
+    checks = by_id(Node(booting))
+    assert calls["n"] == 2
+    assert checks["gateway/gateway.health"].status is Status.PASS
+
+
+def test_a_gateway_that_never_answers_fails_after_the_wait(monkeypatch: Any) -> None:
+    monkeypatch.setattr("pvestack.verify._checks.STARTUP_WAIT", 0.0)
+
+    def down(c: Command) -> CommandOutput | None:
+        if "/health/liveliness" in " ".join(c.argv):
+            refused = {"status": 0, "body": "[Errno 111] Connection refused"}
+            return ok(json.dumps({"live": refused, "models": refused}))
+        return None
+
+    checks = by_id(Node(down))
+    c = checks["gateway/gateway.health"]
+    assert c.status is Status.FAIL and "Connection refused" in c.evidence
+    assert "docker logs litellm" in c.fix
+    assert "gateway/gateway.models" not in checks

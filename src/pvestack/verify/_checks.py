@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ class VerifyReport:
         }
 
 
+# How long a check waits for an app that is still starting (just applied or restarted)
+STARTUP_WAIT = 90.0
+
 NO_ROOT = (
     "no root transport: this check runs `pct exec` on the node; configure [root.ssh] "
     "(or PVESTACK_SSH_*) to run it"
@@ -88,6 +92,7 @@ class _Ctx:
         self.transport = transport
         self.secrets = tuple(secrets)
         self.base = f"/nodes/{stack.container.node}/lxc/{vmid}"
+        self.startup_wait = STARTUP_WAIT
 
     def result(
         self, cid: str, title: str, status: Status, evidence: str, fix: str = ""
@@ -338,14 +343,20 @@ def check_hermes(ctx: _Ctx) -> Iterator[CheckResult]:
     if ctx.transport is None:
         yield ctx.result("hermes.gateway", "Hermes gateway is running", Status.SKIP, NO_ROOT)
         return
-    out = ctx.run(ctx.pct("cat", f"{data_dir}/gateway_state.json"))
-    state: dict[str, Any] = {}
-    if out.returncode == 0:
-        try:
-            state = json.loads(out.stdout)
-        except ValueError:
-            state = {}
-    gstate = state.get("gateway_state")
+    deadline = time.monotonic() + ctx.startup_wait
+    while True:
+        out = ctx.run(ctx.pct("cat", f"{data_dir}/gateway_state.json"))
+        state: dict[str, Any] = {}
+        if out.returncode == 0:
+            try:
+                state = json.loads(out.stdout)
+            except ValueError:
+                state = {}
+        gstate = state.get("gateway_state")
+        # just (re)started: no state file yet, or still starting; give it a moment
+        if gstate not in (None, "starting") or time.monotonic() >= deadline:
+            break
+        time.sleep(3)
     yield ctx.result(
         "hermes.gateway",
         "Hermes gateway_state is running",
@@ -541,30 +552,36 @@ def check_litellm(ctx: _Ctx) -> Iterator[CheckResult]:
         return
     key = next((s for s in app.secrets if s.name == meta.get("master_key")), None)
     key = key or (app.secrets[0] if app.secrets else None)
-    out = ctx.run(
-        cmd(
-            "pct",
-            "exec",
-            str(ctx.vmid),
-            "--",
-            "docker",
-            "exec",
-            "-i",
-            container,
-            "python3",
-            "-c",
-            _GATEWAY_PROBE,
-            port,
-            stdin=Payload((key, "\n") if key is not None else ("\n",)),
-        )
+    probe = cmd(
+        "pct",
+        "exec",
+        str(ctx.vmid),
+        "--",
+        "docker",
+        "exec",
+        "-i",
+        container,
+        "python3",
+        "-c",
+        _GATEWAY_PROBE,
+        port,
+        stdin=Payload((key, "\n") if key is not None else ("\n",)),
     )
-    try:
-        answer = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
-    except ValueError:
-        answer = {}
-    live = answer.get("live") or {}
-    models = answer.get("models") or {}
-    live_ok = live.get("status") == 200 and "alive" in str(live.get("body", "")).lower()
+    deadline = time.monotonic() + ctx.startup_wait
+    while True:
+        out = ctx.run(probe)
+        try:
+            line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+            answer = json.loads(line) if line else {}
+        except ValueError:
+            answer = {}
+        live = answer.get("live") or {}
+        models = answer.get("models") or {}
+        live_ok = live.get("status") == 200 and "alive" in str(live.get("body", "")).lower()
+        # LiteLLM needs ~20 s after a (re)start before it answers
+        if live_ok or live.get("status") not in (0, 502, 503) or time.monotonic() >= deadline:
+            break
+        time.sleep(3)
     yield ctx.result(
         "gateway.health",
         f"the gateway answers /health/liveliness on port {port}",

@@ -109,6 +109,8 @@ class PveTaskError(PveError):
         self.exitstatus = exitstatus
         self.log_tail = log_tail
         super().__init__(500, f"task {upid} failed: {exitstatus}")
+        if log_tail:  # the cause is in the task log (e.g. why a start failed)
+            self.message += "\n" + "\n".join(f"  task log: {line}" for line in log_tail)
 
 
 class TransportError(PvestackError):

@@ -30,3 +30,12 @@ rc=0
 
 echo "==> pvestack apply (ends with verify)"
 "$PVESTACK" apply -c examples/lab.toml --yes
+
+echo
+echo "==> done: the gateway (CT 217) and Hermes (CT 218) are up and verified. Next:"
+echo "    eval \"\$($PVESTACK lab env)\"; set -a; . $secrets; set +a"
+echo "    $PVESTACK verify -c examples/lab.toml           # the checks again"
+echo "    pct exec 218 -- docker exec -u 10000:10000 hermes hermes -z 'Say hello'"
+echo "    $PVESTACK destroy -c examples/lab.toml --yes    # the CTs go, the host data stays"
+echo "    $PVESTACK lab down"
+echo "    make demo                                       # again: No changes, and green"

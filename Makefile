@@ -46,6 +46,8 @@ bench: setup
 	$(PY) benchmarks/plan_calls.py
 	@if [ "$$(id -u)" = 0 ]; then $(PVESTACK) lab up >/dev/null && $(PY) benchmarks/lab_create.py; \
 	else echo "not root: skipping the lab benchmark"; fi
+	@if [ "$$(id -u)" = 0 ]; then eval "$$($(PVESTACK) lab env)" && scripts/build-lab-images.sh >/dev/null \
+		&& $(PY) benchmarks/e2e.py; else echo "not root: skipping the end-to-end benchmark"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

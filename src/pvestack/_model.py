@@ -175,8 +175,9 @@ class AppSpec:
     secrets: tuple[Secret, ...] = ()
     # What verify needs to know of the app, by recipe: e.g. for hermes
     # {"data_dir": "/opt/hermes", "container": "hermes", "gateway_url": ..., "default_model": ...,
-    #  "key_env": "LITELLM_API_KEY", "platforms": "telegram,discord"}; for litellm
-    # {"port": "4000", "models": "m1,m2", "key_env": "LITELLM_MASTER_KEY", "container": ...}.
+    #  "key_env": "LITELLM_API_KEY", "platforms": "telegram,discord", "uid": "10000",
+    #  "gid": "10000"}; for litellm {"port": "4000", "models": "m1,m2",
+    #  "key_env": "LITELLM_MASTER_KEY", "container": ..., "master_key": <secret name>}.
     verify: Mapping[str, str] = field(default_factory=frozen_map)
 
 

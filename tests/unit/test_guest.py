@@ -353,12 +353,18 @@ def test_payload_reveals_exact_bytes() -> None:
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
-def test_docker_ce_refuses_a_key_with_another_fingerprint(tmp_path: Path) -> None:
+def test_docker_ce_refuses_a_key_with_another_fingerprint(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """INSTALL_DOCKER_CE run with stand-ins for the network and package tools: a key
     that is not Docker's (a fresh one) stops it before any apt source is written."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg_env = {**os.environ, "GNUPGHOME": str(home)}
+    # key generation starts a gpg-agent for this GNUPGHOME: stop it when the test ends
+    request.addfinalizer(
+        lambda: subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=gpg_env, check=False)
+    )
     subprocess.run(
         ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "not-docker@example.invalid",
          "ed25519", "sign", "1d"],

@@ -114,7 +114,11 @@ def test_net0_on_the_bridge(tmp_path: Path) -> None:
     assert ("lxc.net.0.link", "pvlab0") in lines
     assert ("lxc.net.0.hwaddr", "BC:24:11:AA:BB:CC") in lines
     assert ("lxc.net.0.name", "eth0") in lines
-    assert ("lxc.net.0.veth.pair", "veth118i0") in lines
+    # PVE's veth<vmid>i<n>, tagged per lab (two labs may run the same vmid at once)
+    pair = dict(lines)["lxc.net.0.veth.pair"]
+    assert pair.startswith("veth118i0") and len(pair) == 15
+    other = _lines(_rt(tmp_path / "other").lxc_config(118, conf, []))
+    assert dict(other)["lxc.net.0.veth.pair"] != pair
 
 
 def test_files_written_into_the_rootfs(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -285,6 +286,18 @@ class LxcRuntime:
                 + r.stderr.decode(errors="replace").strip()[-2000:]
             )
 
+    def _lab_hash(self) -> str:
+        return hashlib.sha256(str(self.lxcpath).encode()).hexdigest()
+
+    def _veth(self, vmid: int, idx: int | str) -> str:
+        """PVE's host veth name ``veth<vmid>i<n>``; another lab than the default one adds
+        a tag of its own (up to the 15 characters of an interface name), so two labs can
+        run the same vmid at once."""
+        name = f"veth{vmid}i{idx}"
+        if self.lab_dir == Path(DEFAULT_LAB_DIR):
+            return name
+        return name + self._lab_hash()[: max(0, 15 - len(name))]
+
     def lxc_config(
         self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]
     ) -> str:
@@ -319,6 +332,12 @@ class LxcRuntime:
         # keyctl: PVE blocks keyctl() with ENOSYS for unprivileged CTs unless keyctl=1.
         add("lxc.seccomp.profile", str(self._dir(vmid) / "rules.seccomp"))
         add("lxc.monitor.unshare", "1")
+        # cgroups per lab: LXC names them lxc.payload.<name> at the top by default, so two
+        # labs running the same vmid on one machine collided ("startup for container
+        # '217' failed" in the second lab)
+        lab_cg = "pvestack-" + self._lab_hash()[:10]
+        add("lxc.cgroup.dir.monitor", f"{lab_cg}/lxc.monitor.{vmid}")
+        add("lxc.cgroup.dir.container", f"{lab_cg}/lxc.payload.{vmid}")
         add("lxc.tty.max", conf.get("tty", "2"))
         add("lxc.uts.name", conf.get("hostname", f"CT{vmid}"))
         if unprivileged and not any(k == "lxc.idmap" for k, _ in raw_lxc):
@@ -377,7 +396,7 @@ class LxcRuntime:
             idx = key[3:]
             net = parse_propstring(conf[key])
             add(f"lxc.net.{idx}.type", "veth")
-            add(f"lxc.net.{idx}.veth.pair", f"veth{vmid}i{idx}")
+            add(f"lxc.net.{idx}.veth.pair", self._veth(vmid, idx))
             if "hwaddr" in net:
                 add(f"lxc.net.{idx}.hwaddr", net["hwaddr"])
             add(f"lxc.net.{idx}.name", net.get("name", f"eth{idx}"))

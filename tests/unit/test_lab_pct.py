@@ -5,57 +5,15 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from labstub import StubRuntime
 
 from pvestack.lab.backend.node import Node
 from pvestack.lab.pct import main, run
-from pvestack.lab.runtime_protocol import ExecResult
 
 TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
-
-
-class RecordingRuntime:
-    def __init__(self) -> None:
-        self.running: dict[int, dict[str, str]] = {}
-
-    def create_rootfs(
-        self, vmid: int, template: Path, rootfs: Path, idmap: Sequence[str], unprivileged: bool
-    ) -> None:
-        with tarfile.open(template) as t:
-            t.extractall(rootfs, filter="data")
-
-    def start(self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]) -> None:
-        self.running[vmid] = dict(conf)
-
-    def stop(self, vmid: int) -> None:
-        self.running.pop(vmid, None)
-
-    def shutdown(self, vmid: int, timeout: int) -> None:
-        self.running.pop(vmid, None)
-
-    def state(self, vmid: int) -> str:
-        return "running" if vmid in self.running else "stopped"
-
-    def pid(self, vmid: int) -> int | None:
-        return 4242 if vmid in self.running else None
-
-    def exec(
-        self,
-        vmid: int,
-        argv: Sequence[str],
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-    ) -> ExecResult:
-        return ExecResult(0, b"", b"")
-
-    def destroy(self, vmid: int) -> None:
-        self.running.pop(vmid, None)
-
-    def ip_address(self, vmid: int) -> str | None:
-        return None
 
 
 @pytest.fixture
@@ -66,7 +24,7 @@ def node(tmp_path: Path) -> Node:
         info = tarfile.TarInfo("./etc/hostname")
         info.size = 10
         t.addfile(info, io.BytesIO(b"localhost\n"))
-    n = Node(tmp_path, RecordingRuntime(), "pve")
+    n = Node(tmp_path, StubRuntime(), "pve")
     params = {
         "vmid": 118,
         "ostemplate": f"local:vztmpl/{TEMPLATE}",

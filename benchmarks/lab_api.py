@@ -26,9 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.api.server import LabApiServer
-from pvestack.lab.backend.node import Node
-from pvestack.lab.runtime.lxc import LxcRuntime, remove_recorded_subids
+from pvelab.api.server import LabApiServer
+from pvelab.backend.node import Node
+from pvelab.runtime.lxc import LxcRuntime, remove_recorded_subids
 
 TOKEN_ID, SECRET, NODE = "bench@pve!api", "bench-secret", "pve"
 DEBIAN = "debian-12-standard_12.12-1_amd64.tar.zst"

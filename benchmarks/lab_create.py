@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from pvestack.lab.control import Lab
+from pvelab.control import Lab
 
 
 class Client:

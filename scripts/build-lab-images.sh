@@ -52,7 +52,7 @@ fi
 # ---------------------------------------------------------------- the base image
 if [ ! -s "$CACHE/$TEMPLATE" ]; then
   log "building the lab template (debootstrap) into $CACHE"
-  "$PY" -c 'import sys; from pathlib import Path; from pvestack.lab.runtime import template; template.build(Path(sys.argv[1]))' "$CACHE"
+  "$PY" -c 'import sys; from pathlib import Path; from pvelab.runtime import template; template.build(Path(sys.argv[1]))' "$CACHE"
 fi
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   log "docker import $TEMPLATE as $BASE"

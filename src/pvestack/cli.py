@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pvelab.cli import app as lab_app
 from pvestack import __version__
 from pvestack import _engine as engine
 from pvestack._config import DEFAULT_FILE, StackFile, json_schema, load_config
@@ -23,7 +24,6 @@ from pvestack._errors import ConfigError, PvestackError
 from pvestack._model import Action, Actor
 from pvestack._plan import render_text
 from pvestack.executors import _console as console
-from pvestack.lab.cli import app as lab_app
 
 app = typer.Typer(
     name="pvestack",

@@ -26,11 +26,11 @@ import pytest
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from pvestack.lab.api.routes import ROUTES, resolve
-from pvestack.lab.api.server import LabApiServer, fingerprint
-from pvestack.lab.backend.node import Node
-from pvestack.lab.backend.schema import api_schema
-from pvestack.lab.runtime.lxc import LxcRuntime
+from pvelab.api.routes import ROUTES, resolve
+from pvelab.api.server import LabApiServer, fingerprint
+from pvelab.backend.node import Node
+from pvelab.backend.schema import api_schema
+from pvelab.runtime.lxc import LxcRuntime
 
 pytestmark = pytest.mark.contract
 

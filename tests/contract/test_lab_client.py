@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from test_lab_contract import BUSYBOX, DEBIAN, _busybox_template, _debian_template
 
+from pvelab.api.server import LabApiServer
+from pvelab.backend.node import Node
+from pvelab.runtime.lxc import LxcRuntime, remove_recorded_subids
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Secret
 from pvestack._errors import PveParamError, PvePermissionError, PveTaskError
-from pvestack.lab.api.server import LabApiServer
-from pvestack.lab.backend.node import Node
-from pvestack.lab.runtime.lxc import LxcRuntime, remove_recorded_subids
 
 pytestmark = pytest.mark.contract
 

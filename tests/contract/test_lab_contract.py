@@ -1,7 +1,7 @@
 """The lab's API against fakepve (an independent emulator, permissions on): the same
 requests, the same status codes, reason phrases, messages and per-parameter errors.
 
-The lab side runs on real LXC (``pvestack.lab.runtime.lxc.LxcRuntime``) in a private lab
+The lab side runs on real LXC (``pvelab.runtime.lxc.LxcRuntime``) in a private lab
 directory; it needs root. Its template is the lab's Debian template when one is cached
 (``PVESTACK_LAB_TEMPLATE`` or the lab directory), else a tiny busybox root file system
 built here, so the real container create/start/stop path runs either way. Both sides get
@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from pvestack.lab.api.server import LabApiServer
-from pvestack.lab.backend.node import Node
-from pvestack.lab.runtime.lxc import LxcRuntime, remove_recorded_subids
+from pvelab.api.server import LabApiServer
+from pvelab.backend.node import Node
+from pvelab.runtime.lxc import LxcRuntime, remove_recorded_subids
 
 pytestmark = pytest.mark.contract
 

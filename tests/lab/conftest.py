@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from labkit import Api, host_tmpdir, make_lab, skip_reason
 
-from pvestack.lab.control import Lab
+from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from pvestack.lab.control import Lab, LabSettings
-from pvestack.lab.runtime import template
+from pvelab.control import Lab, LabSettings
+from pvelab.runtime import template
 
 SHARED_TEMPLATE_DIR = Path("/var/lib/pvestack-lab/cache")
 
@@ -45,6 +45,9 @@ def host_tmpdir(prefix: str) -> Path:
 
 
 def make_lab(tmp: Path, n: int) -> Lab:
+    # PVESTACK_LABTEST_SLOT shifts ports, bridge and subnet, so two test runs on one
+    # machine (two developers' worktrees, say) never share a lab
+    n += 10 * int(os.environ.get("PVESTACK_LABTEST_SLOT", "0"))
     settings = LabSettings(
         node="labtest",
         api_port=18006 + n,

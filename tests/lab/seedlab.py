@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from labkit import host_tmpdir, make_lab, ssh
 
-from pvestack.lab.control import Lab
+from pvelab.control import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from labkit import Api, ssh
 
-from pvestack.lab.control import Lab
-from pvestack.lab.runtime import template
+from pvelab.control import Lab
+from pvelab.runtime import template
 
 pytestmark = pytest.mark.lab
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from labkit import host_tmpdir, make_lab, ssh
 
-from pvestack.lab.control import Lab
+from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pvestack.lab.control import Lab
-from pvestack.lab.runtime import template
-from pvestack.lab.runtime.lxc import LxcRuntime
+from pvelab.control import Lab
+from pvelab.runtime import template
+from pvelab.runtime.lxc import LxcRuntime
 
 pytestmark = pytest.mark.lab
 

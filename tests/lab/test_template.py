@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import requests
 
-from pvestack.lab.control import Lab
-from pvestack.lab.runtime import template
+from pvelab.control import Lab
+from pvelab.runtime import template
 
 pytestmark = pytest.mark.lab
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 from labkit import host_tmpdir, make_lab, ssh
 
-from pvestack.lab.control import Lab
-from pvestack.lab.runtime.lxc import SUBID_LEDGER
+from pvelab.control import Lab
+from pvelab.runtime.lxc import SUBID_LEDGER
 
 pytestmark = pytest.mark.lab
 

@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pvestack.lab.runtime_protocol import ExecResult
+from pvelab.runtime_protocol import ExecResult
 
 
 class StubRuntime:

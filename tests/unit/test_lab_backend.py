@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from pvestack.lab.backend import conf
-from pvestack.lab.backend.auth import AuthStore, Identity
-from pvestack.lab.backend.errors import PveError
-from pvestack.lab.backend.perms import check_ct_modify_config_perm
-from pvestack.lab.backend.schema import (
+from pvelab.backend import conf
+from pvelab.backend.auth import AuthStore, Identity
+from pvelab.backend.errors import PveError
+from pvelab.backend.perms import check_ct_modify_config_perm
+from pvelab.backend.schema import (
     lxc_option_schema,
     method_schema,
     parse_property_string,
     validate,
 )
-from pvestack.lab.backend.tasks import TaskStore, Upid
+from pvelab.backend.tasks import TaskStore, Upid
 
 PUT_CONFIG = method_schema("/nodes/{node}/lxc/{vmid}/config", "PUT")
 CREATE = method_schema("/nodes/{node}/lxc", "POST")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from labstub import StubRuntime
 
-from pvestack.lab.backend.auth import Identity
-from pvestack.lab.backend.errors import PveError
-from pvestack.lab.backend.node import Node
+from pvelab.backend.auth import Identity
+from pvelab.backend.errors import PveError
+from pvelab.backend.node import Node
 
 TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 OSTEMPLATE = f"local:vztmpl/{TEMPLATE}"

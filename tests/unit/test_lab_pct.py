@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from labstub import StubRuntime
 
-from pvestack.lab.backend.node import Node
-from pvestack.lab.pct import main, run
+from pvelab.backend.node import Node
+from pvelab.pct import main, run
 
 TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 
@@ -66,7 +66,7 @@ def test_start_status_stop(node: Node, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def _main(argv: list[str], node: Node, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr("pvestack.lab.pct.make_node", lambda lab_dir=None: node)
+    monkeypatch.setattr("pvelab.pct.make_node", lambda lab_dir=None: node)
     with pytest.raises(SystemExit) as e:
         main(argv)
     return int(e.value.code or 0)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pvestack.lab.control import export_lines
-from pvestack.lab.pct import parse_options
-from pvestack.lab.runtime import template
-from pvestack.lab.runtime.lxc import (
+from pvelab.control import export_lines
+from pvelab.pct import parse_options
+from pvelab.runtime import template
+from pvelab.runtime.lxc import (
     IdRange,
     LxcRuntime,
     ensure_subids,
@@ -20,12 +20,28 @@ from pvestack.lab.runtime.lxc import (
     parse_propstring,
     remove_recorded_subids,
 )
-from pvestack.lab.runtime.network import LabNetwork
-from pvestack.lab.runtime.sshd import LabSshd
+from pvelab.runtime.network import LabNetwork
+from pvelab.runtime.sshd import LabSshd
+
+
+def _lxc_configs(tmp_path: Path) -> Path:
+    """A stand-in for /usr/share/lxc/config (hermetic: no host package read)."""
+    d = tmp_path / "lxc-config"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("common.conf", "userns.conf", "debian.common.conf", "debian.userns.conf",
+                 "nesting.conf"):  # fmt: skip
+        (d / name).write_text(f"# {name}\n")
+    (d / "common.seccomp").write_text("2\ndenylist\nreject_force_umount\n")
+    return d
 
 
 def _rt(tmp_path: Path) -> LxcRuntime:
-    return LxcRuntime(tmp_path, bridge_subnet="10.77.0.0/24", nameserver="10.77.0.1")
+    return LxcRuntime(
+        tmp_path,
+        bridge_subnet="10.77.0.0/24",
+        nameserver="10.77.0.1",
+        lxc_config_dir=_lxc_configs(tmp_path),
+    )
 
 
 BASE = {
@@ -53,8 +69,17 @@ def test_unprivileged_default_idmap_rootfs_and_hostname(tmp_path: Path) -> None:
     assert ("lxc.idmap", "g 0 100000 65536") in conf
     assert ("lxc.rootfs.path", "dir:/lab/storage/local-lvm/images/118/vm-118-disk-0") in conf
     assert ("lxc.uts.name", "hermes") in conf
-    assert ("lxc.include", "/usr/share/lxc/config/debian.userns.conf") in conf
+    assert ("lxc.include", str(tmp_path / "lxc-config/debian.userns.conf")) in conf
     assert ("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed") in conf
+
+
+def test_a_missing_distribution_config_is_an_error_not_a_silent_fallback(tmp_path: Path) -> None:
+    rt = _rt(tmp_path)
+    (tmp_path / "lxc-config/debian.common.conf").unlink()
+    with pytest.raises(RuntimeError, match="lxc-templates"):
+        rt.lxc_config(118, BASE, [])
+    unmanaged = _lines(rt.lxc_config(118, {**BASE, "ostype": "unmanaged"}, []))
+    assert ("lxc.include", str(tmp_path / "lxc-config/common.conf")) in unmanaged
 
 
 def test_custom_idmap_replaces_the_default(tmp_path: Path) -> None:
@@ -72,7 +97,7 @@ def test_privileged_has_no_idmap(tmp_path: Path) -> None:
 def test_nesting_means_rw_cgroup_and_nesting_conf(tmp_path: Path) -> None:
     conf = _lines(_rt(tmp_path).lxc_config(118, {**BASE, "features": "nesting=1"}, []))
     assert ("lxc.mount.auto", "proc:rw sys:rw cgroup:rw:force") in conf
-    assert ("lxc.include", "/usr/share/lxc/config/nesting.conf") in conf
+    assert ("lxc.include", str(tmp_path / "lxc-config/nesting.conf")) in conf
 
 
 def test_keyctl_is_enosys_unless_the_feature_is_set(tmp_path: Path) -> None:

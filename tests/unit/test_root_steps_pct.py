@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pvelab.pct import wrapper_script
 from pvestack._commands import Step
 from pvestack._model import BindMount, IdMap, IdMapEntry
 from pvestack._steps import root
-from pvestack.lab.pct import wrapper_script
 
 CONF = (
     "arch: amd64\nhostname: t\nmemory: 512\nostype: debian\n"

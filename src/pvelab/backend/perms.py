@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from pvestack.lab.backend.auth import AuthStore, Identity
-from pvestack.lab.backend.errors import permission_denied
-from pvestack.lab.backend.schema import lxc_option_schema, parse_property_string
+from pvelab.backend.auth import AuthStore, Identity
+from pvelab.backend.errors import permission_denied
+from pvelab.backend.schema import lxc_option_schema, parse_property_string
 
 NEW_DISK = re.compile(r"^([a-zA-Z][a-zA-Z0-9\-_.]*[a-zA-Z0-9]):(\d+(\.\d+)?)$")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
-from pvestack.lab.backend.errors import PveError, param_error
+from pvelab.backend.errors import PveError, param_error
 
 Schema = Mapping[str, Any]
 
@@ -29,7 +29,7 @@ _MAX_INDEX = {"net": 32, "mp": 256, "dev": 256, "unused": 256}
 
 @functools.cache
 def api_schema() -> Mapping[str, Any]:
-    text = resources.files("pvestack.data").joinpath("apidata-subset.json").read_text()
+    text = resources.files("pvelab.data").joinpath("apidata-subset.json").read_text()
     endpoints: Mapping[str, Any] = json.loads(text)["endpoints"]
     return endpoints
 

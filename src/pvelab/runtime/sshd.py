@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvestack.lab.runtime import procs
+from pvelab.runtime import procs
 
 SSHD = "/usr/sbin/sshd"
 SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

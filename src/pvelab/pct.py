@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.backend.auth import ROOT
-from pvestack.lab.backend.errors import PveError
-from pvestack.lab.backend.node import Node, lab_dir_from_env
-from pvestack.lab.runtime.lxc import LxcRuntime
+from pvelab.backend.auth import ROOT
+from pvelab.backend.errors import PveError
+from pvelab.backend.node import Node, lab_dir_from_env
+from pvelab.runtime.lxc import LxcRuntime
 
 USAGE = """\
 USAGE: pct <COMMAND> [ARGS] [OPTIONS]
@@ -286,7 +286,7 @@ def wrapper_script(python: str, lab_dir: Path) -> str:
         "#!/bin/sh\n"
         f"PVESTACK_LAB_DIR={shlex.quote(str(lab_dir))}\n"
         "export PVESTACK_LAB_DIR\n"
-        f'exec {shlex.quote(python)} -m pvestack.lab.pct "$@"\n'
+        f'exec {shlex.quote(python)} -m pvelab.pct "$@"\n'
     )
 
 

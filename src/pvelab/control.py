@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.runtime import network, procs, template
-from pvestack.lab.runtime.lxc import LxcRuntime, remove_recorded_subids
-from pvestack.lab.runtime.sshd import LabSshd
+from pvelab.runtime import network, procs, template
+from pvelab.runtime.lxc import LxcRuntime, remove_recorded_subids
+from pvelab.runtime.sshd import LabSshd
 
 DEFAULT_LAB_DIR = Path("/var/lib/pvestack-lab")
 TOKEN_ID = "root@pam!pvestack"  # noqa: S105 (an id, not a secret)
@@ -180,7 +180,7 @@ class Lab:
     def _start_onboot(self) -> list[tuple[int, str]]:
         """As a PVE node at boot: start the containers with ``onboot: 1`` that are stopped
         (after the machine rebooted, ``up`` brings them back)."""
-        from pvestack.lab.backend.node import Node  # noqa: PLC0415
+        from pvelab.backend.node import Node  # noqa: PLC0415
 
         node = Node(self.dir, self.runtime(), self.settings.node)
         out: list[tuple[int, str]] = []
@@ -198,29 +198,29 @@ class Lab:
         return out
 
     def _install_pct(self) -> None:
-        from pvestack.lab.pct import wrapper_script  # noqa: PLC0415  (pct imports the backend)
+        from pvelab.pct import wrapper_script  # noqa: PLC0415  (pct imports the backend)
 
         pct = self.dir / "bin" / "pct"
         pct.write_text(wrapper_script(sys.executable, self.dir))
         pct.chmod(0o755)
 
     def _start_api(self) -> None:
-        if procs.running(self.api_pidfile, "pvestack.lab.api.server") is not None:
+        if procs.running(self.api_pidfile, "pvelab.api.server") is not None:
             return
         _need_free_port(self.settings.api_port)
         env = {**os.environ, "PVESTACK_LAB_DIR": str(self.dir)}
         argv = [
-            sys.executable, "-m", "pvestack.lab.api.server", "--lab-dir", str(self.dir),
+            sys.executable, "-m", "pvelab.api.server", "--lab-dir", str(self.dir),
             "--host", "127.0.0.1", "--port", str(self.settings.api_port),
-            "--node", self.settings.node, "--runtime", "pvestack.lab.runtime.lxc:LxcRuntime",
+            "--node", self.settings.node, "--runtime", "pvelab.runtime.lxc:LxcRuntime",
         ]  # fmt: skip
         procs.spawn(argv, self.api_pidfile, self.run_dir / "api.log", env=env)
         if not procs.wait_port("127.0.0.1", self.settings.api_port, 30):
-            procs.stop(self.api_pidfile, "pvestack.lab.api.server")
+            procs.stop(self.api_pidfile, "pvelab.api.server")
             raise LabError(f"the API server did not start; see {self.run_dir / 'api.log'}")
 
     def _auth(self) -> Any:
-        from pvestack.lab.backend.auth import AuthStore  # noqa: PLC0415
+        from pvelab.backend.auth import AuthStore  # noqa: PLC0415
 
         return AuthStore(self.dir / "etc" / "pve" / "lab-auth.json")
 
@@ -247,7 +247,7 @@ class Lab:
             secret = json.loads(self.secrets_file.read_text())["secret"]
         except (OSError, ValueError, KeyError) as e:
             raise LabError("the lab is not up (no token yet): run `pvestack lab up`") from e
-        from pvestack.lab.api.server import fingerprint  # noqa: PLC0415
+        from pvelab.api.server import fingerprint  # noqa: PLC0415
 
         tpl = template.cached(self.cache)
         s = self.settings
@@ -278,7 +278,7 @@ class Lab:
             "network": network.status(self.net),
             "template_http_pid": procs.running(self.http_pidfile, "http.server"),
             "sshd_pid": self.sshd.running(),
-            "api_pid": procs.running(self.api_pidfile, "pvestack.lab.api.server"),
+            "api_pid": procs.running(self.api_pidfile, "pvelab.api.server"),
             "template": str(t.path) if (t := template.cached(self.cache)) else None,
             "containers": {
                 str(v): " ".join(x for x in (rt.state(v), rt.ip_address(v)) if x)
@@ -288,7 +288,7 @@ class Lab:
 
     # ------------------------------------------------------------------ down
     def down(self, *, purge: bool = False) -> None:
-        procs.stop(self.api_pidfile, "pvestack.lab.api.server")
+        procs.stop(self.api_pidfile, "pvelab.api.server")
         self._remove_containers()
         self.sshd.down()
         procs.stop(self.http_pidfile, "http.server")
@@ -305,7 +305,7 @@ class Lab:
     def _remove_containers(self) -> None:
         rt = self.runtime()
         if (self.dir / "etc" / "pve").is_dir():
-            from pvestack.lab.backend.node import Node  # noqa: PLC0415
+            from pvelab.backend.node import Node  # noqa: PLC0415
 
             with contextlib.suppress(Exception):
                 Node(self.dir, rt, self.settings.node).reset()

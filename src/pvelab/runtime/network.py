@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvestack.lab.runtime import procs
+from pvelab.runtime import procs
 
 DEFAULT_BRIDGE = "pvlab0"
 DEFAULT_SUBNET = "10.77.0.0/24"

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pvestack.lab.backend.auth import Identity
-from pvestack.lab.backend.errors import PveError
-from pvestack.lab.backend.node import Node
+from pvelab.backend.auth import Identity
+from pvelab.backend.errors import PveError
+from pvelab.backend.node import Node
 
 
 @dataclass(frozen=True)

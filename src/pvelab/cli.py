@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pvestack.lab.control import Lab, LabError, export_lines
+from pvelab.control import Lab, LabError, export_lines
 
 app = typer.Typer(
     help="the lab: a PVE-node emulator on real LXC", no_args_is_help=True, add_completion=False

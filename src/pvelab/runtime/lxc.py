@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvestack.lab.runtime_protocol import ExecResult
+from pvelab.runtime_protocol import ExecResult
 
 DEFAULT_LAB_DIR = "/var/lib/pvestack-lab"
 DEFAULT_IDMAP = ("u 0 100000 65536", "g 0 100000 65536")
@@ -215,10 +215,13 @@ class LxcRuntime:
         bridge_subnet: str | None = None,
         nameserver: str | None = None,
         storage_root: Path | None = None,
+        lxc_config_dir: Path = LXC_CONFIG_DIR,
     ) -> None:
         """Without arguments (as the API server loads it): the lab dir from
         ``PVESTACK_LAB_DIR`` and the bridge's subnet and DNS from ``<lab>/run/network.json``
-        (written by ``network.up``)."""
+        (written by ``network.up``). ``lxc_config_dir`` holds LXC's distribution configs
+        (Debian's ``lxc`` and ``lxc-templates`` packages; PVE ships the same files)."""
+        self.lxc_config_dir = lxc_config_dir
         self.lab_dir = lab_dir or Path(os.environ.get("PVESTACK_LAB_DIR", DEFAULT_LAB_DIR))
         self.lxcpath = self.lab_dir / "lxc"
         self.storage_root = storage_root or self.lab_dir / "storage"
@@ -309,8 +312,17 @@ class LxcRuntime:
 
         unprivileged = bool_opt(conf.get("unprivileged"))
         ostype = conf.get("ostype", "debian")
-        if not (LXC_CONFIG_DIR / f"{ostype}.common.conf").exists():
+        cfgdir = self.lxc_config_dir
+        if ostype == "unmanaged":
             ostype = "common"
+        elif not (cfgdir / f"{ostype}.common.conf").exists():
+            # PVE includes the distribution's own config; without it the CT would boot
+            # with another set-up than on a real node, so say so instead of guessing.
+            raise RuntimeError(
+                f"{cfgdir / (ostype + '.common.conf')} is missing: install Debian's "
+                "lxc-templates package (make setup does), which ships LXC's distribution "
+                "configs as PVE's lxc-pve does"
+            )
         add(
             "lxc.arch",
             {"amd64": "amd64", "i386": "i686", "arm64": "aarch64"}.get(
@@ -318,15 +330,15 @@ class LxcRuntime:
             ),
         )
         common = "common.conf" if ostype == "common" else f"{ostype}.common.conf"
-        add("lxc.include", str(LXC_CONFIG_DIR / common))
+        add("lxc.include", str(cfgdir / common))
         if unprivileged:
             userns = "userns.conf" if ostype == "common" else f"{ostype}.userns.conf"
-            add("lxc.include", str(LXC_CONFIG_DIR / userns))
+            add("lxc.include", str(cfgdir / userns))
         add("lxc.apparmor.profile", "unconfined")  # no AppArmor on the lab hosts
         features = parse_propstring(conf.get("features", ""))
         if bool_opt(features.get("nesting")):
             add("lxc.mount.auto", "proc:rw sys:rw cgroup:rw:force")
-            add("lxc.include", str(LXC_CONFIG_DIR / "nesting.conf"))
+            add("lxc.include", str(cfgdir / "nesting.conf"))
         else:
             add("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed")
         # keyctl: PVE blocks keyctl() with ENOSYS for unprivileged CTs unless keyctl=1.
@@ -423,7 +435,7 @@ class LxcRuntime:
     def seccomp_rules(self, conf: Mapping[str, str]) -> str:
         """The seccomp profile: LXC's common one; keyctl answers ENOSYS unless ``keyctl=1``
         (what PVE does for unprivileged containers)."""
-        base = (LXC_CONFIG_DIR / "common.seccomp").read_text()
+        base = (self.lxc_config_dir / "common.seccomp").read_text()
         features = parse_propstring(conf.get("features", ""))
         if bool_opt(conf.get("unprivileged")) and not bool_opt(features.get("keyctl")):
             base = base.rstrip("\n") + f"\nkeyctl errno {ENOSYS}\n"

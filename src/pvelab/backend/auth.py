@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.backend.errors import PveError, permission_denied
+from pvelab.backend.errors import PveError, permission_denied
 
 TICKET_LIFETIME = 7200
 ROOT = "root@pam"

@@ -11,7 +11,7 @@ Control endpoint (root@pam ticket, loopback peers only), under ``/_lab``:
 "message": "...", "hang": seconds, "times": n}`` or ``{"task": "vzstart", "message": "..."}``,
 ``DELETE /_lab/faults`` (clear), ``GET /_lab/faults``.
 
-Run: ``python -m pvestack.lab.api.server --lab-dir DIR --port 8006 [--runtime mod:Class]``.
+Run: ``python -m pvelab.api.server --lab-dir DIR --port 8006 [--runtime mod:Class]``.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from pvestack.lab.api import handlers
-from pvestack.lab.api.routes import ROUTES, resolve
-from pvestack.lab.backend.auth import Identity
-from pvestack.lab.backend.errors import PveError
-from pvestack.lab.backend.node import Node, lab_dir_from_env
-from pvestack.lab.backend.schema import api_schema, method_schema, validate
-from pvestack.lab.runtime_protocol import Runtime
+from pvelab.api import handlers
+from pvelab.api.routes import ROUTES, resolve
+from pvelab.backend.auth import Identity
+from pvelab.backend.errors import PveError
+from pvelab.backend.node import Node, lab_dir_from_env
+from pvelab.backend.schema import api_schema, method_schema, validate
+from pvelab.runtime_protocol import Runtime
 
-_log = logging.getLogger("pvestack.lab.api")
+_log = logging.getLogger("pvelab.api")
 PREFIX = "/api2/json"
 MAX_BODY = 64 * 1024 * 1024
 
@@ -416,12 +416,12 @@ def load_runtime(spec: str) -> Runtime:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pvestack.lab.api.server")
+    p = argparse.ArgumentParser(prog="python -m pvelab.api.server")
     p.add_argument("--lab-dir", type=Path, default=lab_dir_from_env())
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8006)
     p.add_argument("--node", default="pve")
-    p.add_argument("--runtime", default="pvestack.lab.runtime.lxc:LxcRuntime")
+    p.add_argument("--runtime", default="pvelab.runtime.lxc:LxcRuntime")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

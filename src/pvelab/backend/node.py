@@ -27,17 +27,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.backend import conf as confmod
-from pvestack.lab.backend.auth import ROOT, AuthStore, Identity
-from pvestack.lab.backend.conf import CtConf, Section
-from pvestack.lab.backend.errors import PveError, TaskFailed, param_error, permission_denied
-from pvestack.lab.backend.perms import (
+from pvelab.backend import conf as confmod
+from pvelab.backend.auth import ROOT, AuthStore, Identity
+from pvelab.backend.conf import CtConf, Section
+from pvelab.backend.errors import PveError, TaskFailed, param_error, permission_denied
+from pvelab.backend.perms import (
     NEW_DISK,
     check_ct_modify_config_perm,
     features_of,
     mount_type,
 )
-from pvestack.lab.backend.schema import (
+from pvelab.backend.schema import (
     is_true,
     lxc_option_schema,
     method_schema,
@@ -46,9 +46,9 @@ from pvestack.lab.backend.schema import (
     split_list,
     validate,
 )
-from pvestack.lab.backend.storage import STORAGES, TEMPLATE_EXT, Storages, copy_tree
-from pvestack.lab.backend.tasks import TaskLog, TaskStore, Upid
-from pvestack.lab.runtime_protocol import Runtime
+from pvelab.backend.storage import STORAGES, TEMPLATE_EXT, Storages, copy_tree
+from pvelab.backend.tasks import TaskLog, TaskStore, Upid
+from pvelab.runtime_protocol import Runtime
 
 DEFAULT_LAB_DIR = "/var/lib/pvestack-lab"
 DEFAULT_IDMAP = ("u 0 100000 65536", "g 0 100000 65536")

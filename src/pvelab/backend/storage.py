@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvestack.lab.backend.errors import PveError
+from pvelab.backend.errors import PveError
 
 TEMPLATE_EXT = re.compile(r"\.tar(\.(gz|xz|zst|bz2))?$")
 _FORMATS = {

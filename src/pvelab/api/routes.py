@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pvestack.lab.api import handlers as h
-from pvestack.lab.backend.schema import api_schema
+from pvelab.api import handlers as h
+from pvelab.backend.schema import api_schema
 
 Handler = Callable[[h.Request], Any]
 

@@ -111,7 +111,8 @@ def test_ssh_public_keys_param() -> None:
 
 
 CONF = (
-    "#Hermes%3A agent 100%25 ours\n#\n#second: para\n#pvestack-stack: hermes\n#tail line\n"
+    "#Hermes%3A agent 100%25 ours\n#\n#--\n#  second: para 'q' $x `y`\n"
+    "#pvestack-stack: hermes\n#tail line\n#--\n"
     "arch: amd64\nhostname: hermes\nmemory: 512\nostype: debian\n"
     "rootfs: local:118/vm-118-disk-0.raw,size=2G\nunprivileged: 1\n"
 )

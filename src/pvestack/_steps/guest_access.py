@@ -154,22 +154,30 @@ printf '%s\\n' "$1" >>"$f"
 chmod 600 "$f"
 """
 
-# Node side: $1 vmid, $2 description head (up to the mark), $3 the rest. Reads the
-# container's ed25519 host key fingerprint and writes the description with the record.
+# Node side: $1 vmid, $2 how many of the following arguments are the description's lines
+# up to the mark, then those lines and the lines after the mark (one argument per line:
+# no argument spans lines, so no rendering can shift it).
+# Reads the container's ed25519 host key fingerprint, writes the description with the
+# record line after the mark.
 RECORD_HOSTKEY = """\
 set -eu
-vmid=$1 head=$2 tail=$3
+vmid=$1 nhead=$2
+shift 2
 out=$(pct exec "$vmid" -- ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub </dev/null)
 fp=$(printf '%s\\n' "$out" | awk '{ print $2; exit }')
 case $fp in
   SHA256:*) ;;
   *) echo "cannot read the host key fingerprint of CT $vmid: $out" >&2; exit 1 ;;
 esac
-new="pvestack-hostkey: $fp"
-if [ -n "$head" ]; then new="$head
-$new"; fi
-if [ -n "$tail" ]; then new="$new
-$tail"; fi
+new=$(
+  i=0
+  for line in "$@"; do
+    if [ "$i" -eq "$nhead" ]; then printf 'pvestack-hostkey: %s\\n' "$fp"; fi
+    printf '%s\\n' "$line"
+    i=$((i + 1))
+  done
+  if [ "$i" -eq "$nhead" ]; then printf 'pvestack-hostkey: %s\\n' "$fp"; fi
+)
 pct set "$vmid" -description "$new" </dev/null
 echo "CT $vmid host key recorded: $fp"
 """
@@ -223,11 +231,12 @@ def authorized_key_step(vmid: int, public_key: str) -> Step:
 def hostkey_record_step(vmid: int, observed_description: str) -> Step:
     """Record the container's host key fingerprint in its description (kept otherwise)."""
     head, tail = _split(observed_description)
+    lines = (str(len(_lines(head))), *_lines(head), *_lines(tail))
     return Step(
         f"ct{vmid}:guest-access:hostkey-record",
         "record the container's SSH host key fingerprint in its description "
         "(pvestack-hostkey: SHA256:...), for the guest transport to pin",
-        (_sh(RECORD_HOSTKEY, str(vmid), head, tail),),
+        (_sh(RECORD_HOSTKEY, str(vmid), *lines),),
         guard=_sh(RECORD_GUARD, str(vmid)),
     )
 

@@ -1,0 +1,174 @@
+"""The guest route over SSH, on real LXC, nothing of it through the node:
+
+the token creates a CT with ``ssh-public-keys`` (a per-stack ed25519 key); the root step
+that records the CT's host key runs through the node's root SSH (``pct``); the guest
+transport, pinned to the fingerprint it reads back through the API, runs a command,
+sends a payload (with a secret) on stdin and copies a file into the CT; a wrong pin is
+refused with both fingerprints; a closed port is a clear error naming the address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from pathlib import Path
+
+import pytest
+from labkit import Api, ssh
+
+from pvelab.control import Lab
+from pvelab.runtime import template
+from pvestack._commands import Payload, Secret, Step
+from pvestack._errors import HostKeyError, TransportError
+from pvestack._guest_settings import ensure_stack_key
+from pvestack._steps import guest_access as ga
+from pvestack._steps.guest import pct_sh
+from pvestack.executors._guest_ssh import GuestSshTransport, GuestTarget, static_address
+from pvestack.executors._ssh import SshSettings, SshTransport
+
+pytestmark = pytest.mark.lab
+
+VMID = 231
+SECRET = Secret("probe", "sk-guest-ssh-SECRET-31337")
+WRONG = "SHA256:" + "A" * 43
+
+
+def _description(api: Api) -> str:
+    return str(api.ok("GET", f"/nodes/{{node}}/lxc/{VMID}/config").get("description", ""))
+
+
+def _create(lab: Lab, env: dict[str, str], api: Api, public_key: str, ipv4: str) -> str:
+    name = template.TEMPLATE_NAME
+    upid = api.ok(
+        "POST",
+        "/nodes/{node}/storage/local/download-url",
+        url=env["PVESTACK_LAB_TEMPLATE_URL"],
+        content="vztmpl",
+        filename=name,
+        checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
+        **{"checksum-algorithm": "sha512"},
+    )
+    assert api.wait(upid)["exitstatus"] == "OK"
+    description = "Guest SSH test: keep me\n\n  indented: a%b\npvestack-stack: guestssh\nafter"
+    upid = api.ok(
+        "POST",
+        "/nodes/{node}/lxc",
+        vmid=VMID,
+        ostemplate=f"local:vztmpl/{name}",
+        hostname="guestssh",
+        unprivileged=1,
+        memory=512,
+        rootfs=f"{env['PVESTACK_LAB_ROOTDIR_STORAGE']}:4",
+        net0=f"name=eth0,bridge={env['PVESTACK_LAB_BRIDGE']},ip={ipv4}",
+        description=description,
+        **ga.ssh_public_keys_param(public_key),
+    )
+    assert api.wait(upid)["exitstatus"] == "OK"
+    assert (
+        api.wait(api.ok("POST", f"/nodes/{{node}}/lxc/{VMID}/status/start"))["exitstatus"] == "OK"
+    )
+    rt = lab.runtime()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        out = rt.exec(VMID, ["systemctl", "is-active", "ssh"]).stdout.decode().strip()
+        if out == "active":
+            break
+        time.sleep(1)
+    assert out == "active", "sshd did not come up in the CT"
+    return description
+
+
+def test_guest_transport_pinned_by_the_root_record(
+    lab: Lab, env: dict[str, str], api: Api, tmp_path: Path
+) -> None:
+    net = ipaddress.ip_network(lab.settings.subnet)
+    ipv4 = f"{net.network_address + 77}/{net.prefixlen}"
+    address = static_address(ipv4)
+    assert address is not None
+    kp = ensure_stack_key("guestssh", {"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    description = _create(lab, env, api, kp.public_key, ipv4)
+    try:
+        # ssh-public-keys at create filled the CT's authorized_keys (as PVE does)
+        rt = lab.runtime()
+        auth = rt.exec(VMID, ["cat", "/root/.ssh/authorized_keys"]).stdout.decode()
+        assert kp.public_key in auth.splitlines()
+
+        # no record yet: no connection, and the error says what to run
+        with pytest.raises(HostKeyError, match="no host-key record"):
+            ga.require_hostkey_record(_description(api), VMID)
+
+        # root on the node (its SSH, pct) runs the access steps: sshd present, key recorded
+        root = SshTransport(
+            SshSettings(
+                host=env["PVESTACK_SSH_HOST"],
+                port=int(env["PVESTACK_SSH_PORT"]),
+                key_file=env["PVESTACK_SSH_KEY"],
+                known_hosts=env["PVESTACK_SSH_KNOWN_HOSTS"],
+                use_agent=False,
+            )
+        )
+        with root:
+            observed = _description(api)
+            steps = ga.guest_access_steps(VMID, observed, kp.public_key, key_at_create=True)
+            ran = [root.run_step(s) for s in steps]
+            assert ran == [False, True]  # sshd already there (template); the record written
+            assert [root.run_step(s) for s in steps] == [False, False]  # idempotent
+        after = _description(api)
+        pinned = ga.require_hostkey_record(after, VMID)
+        assert ga.strip_hostkey_record(after) == description  # the rest kept exactly
+        seen = ssh(env, f"pct exec {VMID} -- ssh-keygen -lf {ga.HOSTKEY_PUB}").stdout.split()[1]
+        assert pinned == seen
+
+        target = GuestTarget(VMID, address, pinned, kp.private_path, connect_timeout=10)
+        progress: list[tuple[int, int]] = []
+        with GuestSshTransport(target) as g:
+            # a command, straight in, as the CT's root (the pct-route Command, unwrapped)
+            out = g.capture(pct_sh(VMID, "id -u; hostname"))
+            assert out.returncode == 0 and out.stdout.split() == ["0", "guestssh"]
+            # a payload with a secret on stdin only
+            step = Step(
+                "probe",
+                "payload on stdin",
+                (
+                    pct_sh(
+                        VMID,
+                        'cat >"$1" && chmod 600 "$1" && wc -c <"$1"',
+                        "/root/payload",
+                        stdin=Payload(("data:", SECRET, "\n")),
+                    ),
+                ),
+            )
+            lines: list[str] = []
+            assert g.run_step(step, on_output=lines.append)
+            assert any(ln.strip() == str(len("data:" + SECRET.value + "\n")) for ln in lines)
+            assert not any(SECRET.value in ln for ln in lines)
+            got = rt.exec(VMID, ["cat", "/root/payload"]).stdout.decode()
+            assert got == "data:" + SECRET.value + "\n"
+            # a local file streamed in (temp name, then rename), with progress
+            src = tmp_path / "blob.bin"
+            src.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+            g.push(str(src), "/root/blob.bin", on_progress=lambda s, t: progress.append((s, t)))
+            assert progress and progress[-1] == (src.stat().st_size, src.stat().st_size)
+            remote = g.capture(pct_sh(VMID, "sha256sum /root/blob.bin; ls /root"))
+            assert remote.stdout.split()[0] == hashlib.sha256(src.read_bytes()).hexdigest()
+            assert ".pvestack." not in remote.stdout  # no temporary file left
+
+        # a wrong pin: refused, both fingerprints named
+        with pytest.raises(HostKeyError) as e:
+            GuestSshTransport(GuestTarget(VMID, address, WRONG, kp.private_path))
+        assert pinned in str(e.value) and WRONG in str(e.value)
+        assert e.value.hint is not None and "record the new one" in e.value.hint
+
+        # nothing listening: the address, the reason, and the pct route
+        with pytest.raises(TransportError) as e2:
+            GuestSshTransport(GuestTarget(VMID, address, pinned, kp.private_path, port=2))
+        assert f"{address}:2" in str(e2.value) and "refused" in str(e2.value)
+        assert e2.value.hint is not None and 'via = "pct"' in e2.value.hint
+    finally:
+        upid = api.call("POST", f"/nodes/{{node}}/lxc/{VMID}/status/stop").json().get("data")
+        if upid:
+            api.wait(upid)
+        upid = api.call("DELETE", f"/nodes/{{node}}/lxc/{VMID}").json().get("data")
+        if upid:
+            api.wait(upid)

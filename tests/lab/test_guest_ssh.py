@@ -19,12 +19,18 @@ from labkit import Api, ssh
 
 from pvelab.control import Lab
 from pvelab.runtime import template
+from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Payload, Secret, Step
 from pvestack._errors import HostKeyError, TransportError
 from pvestack._guest_settings import ensure_stack_key
 from pvestack._steps import guest_access as ga
 from pvestack._steps.guest import pct_sh
-from pvestack.executors._guest_ssh import GuestSshTransport, GuestTarget, static_address
+from pvestack.executors._guest_ssh import (
+    GuestSshTransport,
+    GuestTarget,
+    resolve_address,
+    static_address,
+)
 from pvestack.executors._ssh import SshSettings, SshTransport
 
 pytestmark = pytest.mark.lab
@@ -114,6 +120,18 @@ def test_guest_transport_pinned_by_the_root_record(
             ran = [root.run_step(s) for s in steps]
             assert ran == [False, True]  # sshd already there (template); the record written
             assert [root.run_step(s) for s in steps] == [False, False]  # idempotent
+        # the address as the API reports it (PVE's GET .../interfaces) is the static one
+        client = PveClient(
+            ClientSettings(
+                api_url=env["PVESTACK_API_URL"],
+                token_id=env["PVESTACK_TOKEN_ID"],
+                token_secret=Secret("token", env["PVESTACK_TOKEN_SECRET"]),
+                fingerprint=env["PVESTACK_FINGERPRINT"],
+            )
+        )
+        assert resolve_address(client, env["PVESTACK_NODE"], VMID, "dhcp") == address
+        assert resolve_address(client, env["PVESTACK_NODE"], VMID, ipv4) == address
+
         after = _description(api)
         pinned = ga.require_hostkey_record(after, VMID)
         assert ga.strip_hostkey_record(after) == description  # the rest kept exactly

@@ -47,6 +47,8 @@ from pvestack.executors._base import CommandOutput
 if TYPE_CHECKING:
     import paramiko
 
+    from pvestack._client import PveClient
+
 _CHUNK = 256 * 1024
 _KEEP = 64 * 1024  # bytes of stdout/stderr kept
 Progress = Callable[[int, int], None]  # (bytes sent, total)
@@ -85,23 +87,51 @@ def fingerprint_of(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def address_from_interfaces(interfaces: Sequence[dict[str, Any]]) -> str | None:
-    """The container's IPv4 address from ``GET /nodes/{node}/lxc/{vmid}/interfaces``
-    (PVE: a list of ``{name, hwaddr, inet, inet6}``, ``inet`` as CIDR): eth0 first,
-    loopback never."""
+def address_from_interfaces(interfaces: Sequence[dict[str, Any]] | None) -> str | None:
+    """The container's IPv4 address from ``GET /nodes/{node}/lxc/{vmid}/interfaces``.
+
+    PVE (``PVE::LXC::get_interfaces``) answers null for a stopped CT, else one item per
+    interface with ``ip-addresses`` (``ip-address-type`` inet/inet6, ``ip-address``,
+    ``prefix``) and the older ``inet`` (CIDR). eth0 first; loopback and link-local never.
+    """
+    if not interfaces:
+        return None
     ordered = sorted(interfaces, key=lambda i: (i.get("name") != "eth0", str(i.get("name"))))
     for iface in ordered:
-        inet = iface.get("inet")
-        if not inet or iface.get("name") == "lo":
+        if iface.get("name") == "lo":
             continue
-        addr = str(inet).split("/", 1)[0]
-        try:
-            ip = ipaddress.IPv4Address(addr)
-        except ValueError:
-            continue
-        if not ip.is_loopback:
-            return addr
+        candidates = [
+            str(a.get("ip-address", ""))
+            for a in iface.get("ip-addresses") or []
+            if a.get("ip-address-type") == "inet"
+        ]
+        if not candidates and iface.get("inet"):
+            candidates = [str(iface["inet"]).split("/", 1)[0]]
+        for addr in candidates:
+            try:
+                ip = ipaddress.IPv4Address(addr)
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                return addr
     return None
+
+
+def resolve_address(client: PveClient, node: str, vmid: int, ipv4: str) -> str:
+    """Where to reach CT ``vmid``: the stack file's static address, else what the API
+    reports for the running CT. ``TransportError`` naming the alternative otherwise."""
+    static = static_address(ipv4)
+    if static is not None:
+        return static
+    data = client.get(f"/nodes/{node}/lxc/{vmid}/interfaces")
+    addr = address_from_interfaces(data)
+    if addr is None:
+        raise TransportError(
+            f"CT {vmid} on {node} reports no IPv4 address (GET /nodes/{node}/lxc/{vmid}/"
+            "interfaces: " + ("the CT is not running" if not data else "no usable address") + ")",
+            hint='give the stack a static ipv4 address, or set [guest] via = "pct"',
+        )
+    return addr
 
 
 def static_address(ipv4: str) -> str | None:

@@ -33,12 +33,14 @@ def render_paste_script(
     """``steps`` as one paste-safe, idempotent script ending with ``success_marker``."""
     body = render_script(steps, title=title, success_marker=success_marker, preamble=preamble)
     lines = body.rstrip("\n").split("\n")
+    shebang = lines[0] if lines and lines[0].startswith("#!") else "#!/usr/bin/env bash"
     if lines and lines[0].startswith("#!"):
-        lines = lines[1:]
+        lines = lines[1:]  # kept first (a comment when pasted; tools see the shell)
     text = "\n".join(lines)
     if "\t" in text:
         raise ValueError("a pasted tab triggers completion: the script must not contain tabs")
     head = [
+        shebang,
         f"# {title}",
         "# Paste all of it into the PVE node's shell as root. The shell reads it whole before",
         "# anything runs, and nothing in it reads your terminal. Safe to run again.",

@@ -24,7 +24,7 @@ from pvestack._commands import Payload, Secret, Step
 from pvestack._errors import HostKeyError, TransportError
 from pvestack._guest_settings import ensure_stack_key
 from pvestack._steps import guest_access as ga
-from pvestack._steps.guest import pct_sh
+from pvestack._steps.guest import image_step, pct_sh
 from pvestack.executors._guest_ssh import (
     GuestSshTransport,
     GuestTarget,
@@ -38,6 +38,28 @@ pytestmark = pytest.mark.lab
 VMID = 231
 SECRET = Secret("probe", "sk-guest-ssh-SECRET-31337")
 WRONG = "SHA256:" + "A" * 43
+
+
+FAKE_DOCKER = """#!/bin/sh
+case "$1" in
+  image) test -f /root/loaded.tar ;;
+  load) cat >/root/loaded.tar && echo "Loaded image: pvestack/fake:1" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def root_transport(env: dict[str, str]) -> SshTransport:
+    """Root on the lab node over its SSH (pvestack's own root transport)."""
+    return SshTransport(
+        SshSettings(
+            host=env["PVESTACK_SSH_HOST"],
+            port=int(env["PVESTACK_SSH_PORT"]),
+            key_file=env["PVESTACK_SSH_KEY"],
+            known_hosts=env["PVESTACK_SSH_KNOWN_HOSTS"],
+            use_agent=False,
+        )
+    )
 
 
 def _description(api: Api) -> str:
@@ -105,16 +127,7 @@ def test_guest_transport_pinned_by_the_root_record(
             ga.require_hostkey_record(_description(api), VMID)
 
         # root on the node (its SSH, pct) runs the access steps: sshd present, key recorded
-        root = SshTransport(
-            SshSettings(
-                host=env["PVESTACK_SSH_HOST"],
-                port=int(env["PVESTACK_SSH_PORT"]),
-                key_file=env["PVESTACK_SSH_KEY"],
-                known_hosts=env["PVESTACK_SSH_KNOWN_HOSTS"],
-                use_agent=False,
-            )
-        )
-        with root:
+        with root_transport(env) as root:
             observed = _description(api)
             steps = ga.guest_access_steps(VMID, observed, kp.public_key, key_at_create=True)
             ran = [root.run_step(s) for s in steps]
@@ -171,6 +184,32 @@ def test_guest_transport_pinned_by_the_root_record(
             remote = g.capture(pct_sh(VMID, "sha256sum /root/blob.bin; ls /root"))
             assert remote.stdout.split()[0] == hashlib.sha256(src.read_bytes()).hexdigest()
             assert ".pvestack." not in remote.stdout  # no temporary file left
+
+            # an image step (built for pct push + docker load) streams the operator's
+            # tarball into docker load's stdin; a stand-in docker records what it got
+            g.run(["sh", "-c", "cat >/usr/local/bin/docker && chmod 755 /usr/local/bin/docker"],
+                  stdin=FAKE_DOCKER.encode())  # fmt: skip
+            tar = tmp_path / "image.tar"
+            tar.write_bytes(b"pretend image " * 50000)
+            out_lines: list[str] = []
+            image = image_step("pvestack/fake:1", str(tar), VMID)
+            assert g.run_step(image, on_output=out_lines.append)
+            assert "Loaded image: pvestack/fake:1" in out_lines
+            loaded = g.capture(pct_sh(VMID, "sha256sum /root/loaded.tar; ls /var/tmp"))
+            assert loaded.stdout.split()[0] == hashlib.sha256(tar.read_bytes()).hexdigest()
+            assert "pvestack-image.tar" not in loaded.stdout  # streamed, never on disk
+            assert not g.run_step(image)  # the guard (docker image inspect) says done
+
+        # a CT without the key (adopted, made elsewhere): refused with the fix, then the
+        # root step authorizes it and the same connection works
+        rt.exec(VMID, ["rm", "-f", "/root/.ssh/authorized_keys"])
+        with pytest.raises(TransportError) as e0:
+            GuestSshTransport(target)
+        assert e0.value.hint is not None and "authorized_keys" in e0.value.hint
+        with root_transport(env) as root2:
+            assert root2.run_step(ga.authorized_key_step(VMID, kp.public_key))
+        with GuestSshTransport(target) as g2:
+            assert g2.capture(pct_sh(VMID, "echo back")).stdout == "back\n"
 
         # a wrong pin: refused, both fingerprints named
         with pytest.raises(HostKeyError) as e:

@@ -41,6 +41,7 @@ from pvestack._model import (
 )
 from pvestack._steps import guest as guest_steps
 from pvestack._steps import root as root_steps
+from pvestack._steps.guest_access import keep_hostkey_record
 
 #: the feature flags a token may set (alone, on an unprivileged CT)
 TOKEN_FEATURES = frozenset({"nesting"})
@@ -329,9 +330,12 @@ class _StackPlanner:
         token_set: dict[str, str | int] = {}
         before: dict[str, str | None] = {}
         after: dict[str, str | None] = {}
-        for key, value in ct.api_config.items():
+        for key, want in ct.api_config.items():
             if key == "rootfs":
                 continue
+            value = want
+            if key == "description":  # keep the host-key record a root step wrote there
+                value = keep_hostkey_record(str(want), str(cfg.get(key) or ""))
             if not same_value(key, value, cfg.get(key)):
                 token_set[key] = value
                 before[key] = cfg.get(key)

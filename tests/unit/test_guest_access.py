@@ -88,6 +88,8 @@ def test_keep_record_when_the_planner_rewrites_the_description() -> None:
     desired = "new text\npvestack-stack: hermes"
     assert ga.keep_hostkey_record(desired, observed) == f"{desired}\npvestack-hostkey: {FP}"
     assert ga.keep_hostkey_record(desired, "old text\npvestack-stack: hermes") == desired
+    # a malformed record is not carried over (the root step writes a good one)
+    assert ga.keep_hostkey_record(desired, "x\npvestack-hostkey: SHA256:bad") == desired
 
 
 def test_require_record_says_what_to_run() -> None:

@@ -102,9 +102,13 @@ def description_with_record(description: str, fingerprint: str) -> str:
 
 def keep_hostkey_record(desired: str, observed: str) -> str:
     """The description to send when the planner rewrites it: ``desired`` plus the record
-    ``observed`` holds (so a description update never drops the pin)."""
-    fp = parse_hostkey_record(observed)
+    ``observed`` holds (so a description update never drops the pin). A malformed record
+    is dropped (the root step writes a new one; the guest transport refuses meanwhile)."""
     base = strip_hostkey_record(desired)
+    try:
+        fp = parse_hostkey_record(observed)
+    except HostKeyError:
+        return base
     return description_with_record(base, fp) if fp else base
 
 

@@ -61,8 +61,13 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+# a ``!`` inside a multi-line program: an interactive shell would history-expand it
+BANG = Step("bang", "a ! in a program", (cmd("sh", "-c", 'x=1\necho "bang!x$x"\n'),))
+
+
 def steps() -> list[Step]:
     return [
+        BANG,
         root.pct_set_step(118, {"features": "keyctl=1,nesting=1"}),
         EATER,
         ga.hostkey_record_step(118, "Hermes: the agent\npvestack-stack: hermes"),
@@ -96,6 +101,7 @@ def test_bash_s_runs_to_the_marker_and_leaves_the_rest(env: dict[str, str]) -> N
     assert "AFTER-THE-SCRIPT-42" in lines, out
     assert lines.index(SUCCESS_MARKER) < lines.index("AFTER-THE-SCRIPT-42")
     assert "ATE:" not in out
+    assert "bang!x1" in lines
     cfg = subprocess.run(
         ["pct", "config", "118"], env=env, capture_output=True, text=True, check=True
     ).stdout
@@ -161,5 +167,6 @@ def test_typed_into_an_interactive_shell_in_tmux(env: dict[str, str], tmp_path: 
         assert lines.index(SUCCESS_MARKER) < lines.index("AFTER-THE-SCRIPT-42")
         assert not any(ln.startswith("ATE:") for ln in lines)
         assert "syntax error" not in screen and "event not found" not in screen
+        assert "bang!x1" in lines  # the ! reached the program
     finally:
         os.kill(pid, 15)  # the tmux server this test started

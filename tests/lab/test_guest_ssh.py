@@ -22,12 +22,13 @@ from pvelab.runtime import template
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Payload, Secret, Step
 from pvestack._errors import HostKeyError, TransportError
-from pvestack._guest_settings import ensure_stack_key
+from pvestack._guest_settings import GuestSettings, ensure_stack_key
 from pvestack._steps import guest_access as ga
 from pvestack._steps.guest import image_step, pct_sh
 from pvestack.executors._guest_ssh import (
     GuestSshTransport,
     GuestTarget,
+    open_guest_transport,
     resolve_address,
     static_address,
 )
@@ -153,7 +154,12 @@ def test_guest_transport_pinned_by_the_root_record(
 
         target = GuestTarget(VMID, address, pinned, kp.private_path, connect_timeout=10)
         progress: list[tuple[int, int]] = []
-        with GuestSshTransport(target) as g:
+        settings = GuestSettings(via="ssh", key_file=str(kp.private_path))
+        opened = open_guest_transport(
+            settings, client, stack="guestssh", node=env["PVESTACK_NODE"], vmid=VMID, ipv4="dhcp"
+        )
+        assert opened.target == GuestTarget(VMID, address, pinned, kp.private_path)
+        with opened as g:
             # a command, straight in, as the CT's root (the pct-route Command, unwrapped)
             out = g.capture(pct_sh(VMID, "id -u; hostname"))
             assert out.returncode == 0 and out.stdout.split() == ["0", "guestssh"]

@@ -18,9 +18,10 @@ for ``guest.via = "ssh"``. Nothing passes through the node.
   ``guest.via = "pct"``; authentication -> how to authorize the key; a failing command
   -> ``RootStepError`` (masked).
 
-Integration: the engine builds one ``GuestSshTransport(GuestTarget(...))`` per container
-and hands it the guest actions' steps where it now hands them to the root transport
-(``run_step``/``capture`` have the ``RootTransport`` signatures).
+Integration: the engine opens one transport per container with ``open_guest_transport``
+(key, pin, address, connection) and hands it the guest actions' steps where it now hands
+them to the root transport (``run_step``/``capture`` have the ``RootTransport``
+signatures).
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ import select
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvestack._commands import Command, Secret, Step, mask
 from pvestack._errors import HostKeyError, RootStepError, TransportError
+from pvestack._guest_settings import GuestSettings, stack_key
 from pvestack._steps.guest import DOCKER_LOAD
+from pvestack._steps.guest_access import require_hostkey_record
 from pvestack._steps.guest_route import GuestPush, GuestRun, guest_step
 from pvestack.executors._base import CommandOutput
 
@@ -415,4 +418,34 @@ def _collect(
         returncode=code if code >= 0 else 255,
         stdout=mask(bufs[1].decode(errors="replace"), secrets),
         stderr=mask(bufs[2].decode(errors="replace"), secrets),
+    )
+
+
+def open_guest_transport(
+    settings: GuestSettings,
+    client: PveClient,
+    *,
+    stack: str,
+    node: str,
+    vmid: int,
+    ipv4: str,
+    env: Mapping[str, str] | None = None,
+) -> GuestSshTransport:
+    """Everything the engine needs to reach CT ``vmid`` of ``stack``: the key (checked),
+    the pin (the host-key record in the CT's description, read with the token), the
+    address (the static ``ipv4`` or the API), then the pinned connection."""
+    key = stack_key(settings, stack, env)
+    config = client.get(f"/nodes/{node}/lxc/{vmid}/config")
+    pinned = require_hostkey_record(str(config.get("description", "")), vmid)
+    host = resolve_address(client, node, vmid, ipv4)
+    return GuestSshTransport(
+        GuestTarget(
+            vmid=vmid,
+            host=host,
+            pinned=pinned,
+            key_file=key.private_path,
+            port=settings.port,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+        )
     )

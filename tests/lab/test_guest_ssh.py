@@ -1,10 +1,13 @@
 """The guest route over SSH, on real LXC, nothing of it through the node:
 
-the token creates a CT with ``ssh-public-keys`` (a per-stack ed25519 key); the root step
-that records the CT's host key runs through the node's root SSH (``pct``); the guest
-transport, pinned to the fingerprint it reads back through the API, runs a command,
-sends a payload (with a secret) on stdin and copies a file into the CT; a wrong pin is
-refused with both fingerprints; a closed port is a clear error naming the address.
+the token creates a CT with ``ssh-public-keys`` (a per-stack ed25519 key; it lands in
+``/root/.ssh/authorized_keys``); the root step that records the CT's host key runs
+through the node's root SSH (``pct``); the API reports the CT's address
+(``GET .../interfaces``); the guest transport, pinned to the fingerprint it reads back
+through the API, runs a command, sends a payload (with a secret) on stdin, copies a file
+in, streams an image tarball into ``docker load``; a CT without the key is refused with
+the fix and works after the root step authorizes it; a command over its time limit, a
+wrong pin (both fingerprints named), a closed port and a stopped CT are clear errors.
 """
 
 from __future__ import annotations
@@ -217,6 +220,14 @@ def test_guest_transport_pinned_by_the_root_record(
         with GuestSshTransport(target) as g2:
             assert g2.capture(pct_sh(VMID, "echo back")).stdout == "back\n"
 
+        # every command has a time limit
+        quick = GuestTarget(VMID, address, pinned, kp.private_path, command_timeout=2)
+        with GuestSshTransport(quick) as g3:
+            t0 = time.monotonic()
+            with pytest.raises(TransportError, match="timed out"):
+                g3.capture(pct_sh(VMID, "sleep 30"))
+            assert time.monotonic() - t0 < 10
+
         # a wrong pin: refused, both fingerprints named
         with pytest.raises(HostKeyError) as e:
             GuestSshTransport(GuestTarget(VMID, address, WRONG, kp.private_path))
@@ -228,6 +239,11 @@ def test_guest_transport_pinned_by_the_root_record(
             GuestSshTransport(GuestTarget(VMID, address, pinned, kp.private_path, port=2))
         assert f"{address}:2" in str(e2.value) and "refused" in str(e2.value)
         assert e2.value.hint is not None and 'via = "pct"' in e2.value.hint
+        # stopped: the API reports no address, and the error says what to do instead
+        api.wait(api.ok("POST", f"/nodes/{{node}}/lxc/{VMID}/status/stop"))
+        with pytest.raises(TransportError, match="not running") as e3:
+            resolve_address(client, env["PVESTACK_NODE"], VMID, "dhcp")
+        assert e3.value.hint is not None and 'via = "pct"' in e3.value.hint
     finally:
         upid = api.call("POST", f"/nodes/{{node}}/lxc/{VMID}/status/stop").json().get("data")
         if upid:

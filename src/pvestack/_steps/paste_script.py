@@ -41,7 +41,6 @@ def render_paste_script(
         raise ValueError("a pasted tab triggers completion: the script must not contain tabs")
     head = [
         shebang,
-        f"# {title}",
         "# Paste all of it into the PVE node's shell as root. The shell reads it whole before",
         "# anything runs, and nothing in it reads your terminal. Safe to run again.",
         f"{FUNCTION}() (",

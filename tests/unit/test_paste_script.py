@@ -5,6 +5,7 @@ same test: a command in it eats the rest of the input)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -133,11 +134,11 @@ def test_no_tabs_and_no_secret() -> None:
 @pytest.mark.skipif(TMUX is None, reason="tmux not installed (make apt installs it)")
 def test_typed_into_an_interactive_shell_in_tmux(env: dict[str, str], tmp_path: Path) -> None:
     assert TMUX is not None
-    sock = f"pvestack-paste-{os.getpid()}"
+    sock = tmp_path / "tmux.sock"  # a server of its own, its socket in the test's tmp dir
     rc = tmp_path / "bashrc"
     rc.write_text("PS1='$ '\n")
     shell = f"bash --noprofile --rcfile {rc} -i"
-    base = [TMUX, "-L", sock, "-f", "/dev/null"]
+    base = [TMUX, "-S", str(sock), "-f", "/dev/null"]
     subprocess.run(
         [*base, "new-session", "-d", "-x", "200", "-y", "50", shell], env=env, check=True
     )
@@ -169,4 +170,8 @@ def test_typed_into_an_interactive_shell_in_tmux(env: dict[str, str], tmp_path: 
         assert "syntax error" not in screen and "event not found" not in screen
         assert "bang!x1" in lines  # the ! reached the program
     finally:
-        os.kill(pid, 15)  # the tmux server this test started
+        # the tmux server this test started (its own socket), and the socket file
+        subprocess.run([*base, "kill-server"], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+        sock.unlink(missing_ok=True)

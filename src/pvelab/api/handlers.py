@@ -266,6 +266,27 @@ def snapshot_config(r: Request) -> Any:
     return r.node.get_config(r.vmid, snapshot=str(r.params["snapname"]))
 
 
+def snapshot_config_put(r: Request) -> Any:
+    r.check_node()
+    r.node.set_snapshot_config(r.vmid, str(r.params["snapname"]), r.opt("description"))
+    return None
+
+
+def lxc_interfaces(r: Request) -> Any:
+    r.check_node()
+    return r.node.interfaces(r.vmid)
+
+
+def vzdump(r: Request) -> Any:
+    r.check_node()
+    return r.node.vzdump({k: v for k, v in r.params.items() if k != "node"}, user=r.user)
+
+
+def vzdump_extractconfig(r: Request) -> Any:
+    r.check_node()
+    return r.node.vzdump_config(str(r.params["volume"]), user=r.user)
+
+
 def snapshot_rollback(r: Request) -> Any:
     r.check_node()
     return r.node.rollback(

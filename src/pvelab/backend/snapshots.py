@@ -97,8 +97,9 @@ def _drop_copies(node: Node, vmid: int, snap: str, opts: Mapping[str, str]) -> N
     for volid in snapshot_volumes(opts):
         path = snap_path(node, vmid, snap, volid)
         shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+        for empty in (path.parent, path.parent.parent):  # <snap>/, then <vmid>/
+            with contextlib.suppress(OSError):
+                empty.rmdir()
 
 
 # ------------------------------------------------------------------ create

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ import pytest
 from pvelab.api.server import LabApiServer
 from pvelab.backend.node import Node
 from pvelab.runtime_protocol import ExecResult
+from pvestack import _daytwo as daytwo
+from pvestack._client import ClientSettings, PveClient
+from pvestack._commands import Secret
+from pvestack._errors import PvestackError
 
 pytestmark = pytest.mark.contract
 
@@ -313,3 +318,102 @@ def test_vzdump_and_restore_refusals(api: Api) -> None:
     status, body = api.call("POST", f"/nodes/{NODE}/lxc", {**restore, "vmid": 104},
                             token="audit@pve!t")  # fmt: skip
     assert status == 403
+
+
+# ---------------------------------------------------------------- the deployer's side
+
+
+def _client(api: Api) -> PveClient:
+    settings = ClientSettings(
+        api_url=api.server.url, token_id=TOKEN_ID, token_secret=Secret("token", SECRET),
+        ca_file=str(api.server.certfile),
+    )  # fmt: skip
+    return PveClient(settings)
+
+
+def test_deployer_snapshots_prune_keeps_foreign_and_rolls_back(api: Api) -> None:
+    api.create(100, tags="pvestack", description="pvestack-stack: hermes")
+    client = _client(api)
+    guest = daytwo.find_guest(client, "hermes", NODE, None)
+    assert guest == daytwo.Guest("hermes", NODE, 100)
+    assert api.task("POST", "/nodes/pve/lxc/100/snapshot", {"snapname": "manual"})[0] == "OK"
+    t0 = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC)
+    taken = [daytwo.take_snapshot(client, guest, now=t0 + timedelta(minutes=i)).name
+             for i in range(4)]  # fmt: skip
+    assert taken[0] == "pvestack-20261202T040000Z"
+    (api.rootfs(100) / "after.txt").write_text("x\n")
+    listed = daytwo.list_snapshots(client, guest)
+    assert [s.name for s in listed.snapshots if s.ours] == taken
+    assert listed.current_parent == taken[-1]
+    result = daytwo.prune(client, guest, keep=2)
+    assert result == daytwo.PruneResult(tuple(taken[:2]), tuple(taken[2:]), ("manual",))
+    names = [s["name"] for s in api.call("GET", "/nodes/pve/lxc/100/snapshot")[1]["data"]]
+    assert sorted(names) == sorted(["manual", *taken[2:], "current"])
+
+    assert api.call("PUT", "/nodes/pve/lxc/100/config", {"protection": 1})[0] == 200
+    rb = daytwo.rollback(client, guest, taken[-1])
+    assert rb.started and rb.protected and api.runtime.state(100) == "running"
+    assert not (api.rootfs(100) / "after.txt").exists()
+    with pytest.raises(PvestackError, match="has no snapshot 'nope'"):
+        daytwo.rollback(client, guest, "nope")
+    api.node.fail_next_task("vzrollback", "rbd error: rollback failed")
+    with pytest.raises(daytwo.RollbackFailed) as e:
+        daytwo.rollback(client, guest, taken[-1])
+    assert (
+        "rbd error: rollback failed" in e.value.message and "the CT is running" in e.value.message
+    )
+    assert f"pct rollback 100 {taken[-1]} && pct start 100" in e.value.message
+
+
+def test_deployer_refuses_snapshots_pve_cannot_take_and_offers_a_backup(api: Api) -> None:
+    api.create(100)
+    api.create(101, storage="local-dir")
+    client = _client(api)
+    api.node.set_config(100, {"mp0": "/srv/hermes,mp=/data"})
+    now = datetime(2026, 12, 2, 4, 0, 0, tzinfo=UTC)
+    with pytest.raises(daytwo.SnapshotUnavailable) as e:
+        daytwo.take_snapshot(client, daytwo.Guest("hermes", NODE, 100), now=now)
+    assert e.value.reasons == (
+        "mp0 is a bind mount of the host path /srv/hermes at /data "
+        "(a host path has no storage snapshot)",
+    )
+    assert "pvestack backup" in (e.value.hint or "")
+    with pytest.raises(daytwo.SnapshotUnavailable, match="storage 'local-dir' of type dir"):
+        daytwo.take_snapshot(client, daytwo.Guest("other", NODE, 101), now=now)
+    assert api.call("GET", "/nodes/pve/lxc/100/snapshot")[1]["data"][0]["name"] == "current"
+
+    res = daytwo.backup(client, daytwo.Guest("hermes", NODE, 100), storage="local",
+                        compress="gzip")  # fmt: skip
+    assert res.mode_used == "snapshot"
+    assert res.excluded == ("mp0 (/srv/hermes at /data): not a volume, not in the backup",)
+    assert res.backup.notes == "ct100 pvestack-stack: hermes" and res.backup.vmid == 100
+    assert daytwo.list_backups(client, daytwo.Guest("hermes", NODE, 100), "local") == (res.backup,)
+    assert daytwo.restore_command(res.backup, 120, "local-lvm") == (
+        f"pct restore 120 {res.backup.volid} --storage local-lvm --unique"
+    )
+    other = daytwo.backup(client, daytwo.Guest("other", NODE, 101), storage="local", compress="0")
+    assert other.mode_used == "suspend"  # PVE's fallback: local-dir cannot snapshot
+
+
+def test_deployer_status(api: Api) -> None:
+    api.create(100, net0="name=eth0,bridge=pvlab0,ip=dhcp")
+    client = _client(api)
+    stopped = daytwo.stack_status(client, "hermes", NODE, 100)
+    assert (stopped.exists, stopped.state, stopped.addresses) == (True, "stopped", ())
+    assert api.task("POST", "/nodes/pve/lxc/100/status/start")[0] == "OK"
+    seen: list[daytwo.Guest] = []
+
+    def probe(g: daytwo.Guest) -> daytwo.AppStatus:
+        seen.append(g)
+        return daytwo.AppStatus(error="no guest transport in this test")
+
+    st = daytwo.stack_status(client, "hermes", NODE, 100, probe)
+    assert (st.state, st.addresses, st.apps) == (
+        "running",
+        ("10.77.5.50/24",),
+        daytwo.AppStatus(error="no guest transport in this test"),
+    )
+    assert seen == [daytwo.Guest("hermes", NODE, 100)]
+    assert st.to_json()["addresses"] == ["10.77.5.50/24"]
+    missing = daytwo.stack_status(client, "litellm", NODE, 130)
+    assert (missing.exists, missing.state) == (False, "missing")

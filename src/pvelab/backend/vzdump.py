@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -380,6 +381,9 @@ def restore(node: Node, v: Mapping[str, Any], who: Identity) -> str:
             raise PveError(500, f"CT {vmid} already exists on node '{node.name}'")
         node.write_conf(vmid, CtConf(Section({"lock": "create"})))
 
+    if v.get("unique"):  # PVE: new MAC addresses (set below over the archive's)
+        extra = {**extra, "_unique": "1"}
+
     def body(log: TaskLog) -> None:
         try:
             _do_restore(node, vmid, archive, storage, extra, who, log)
@@ -464,7 +468,11 @@ def _do_restore(  # noqa: PLR0917
         conf_in_ct.parent.rmdir()
     skip = re.compile(r"^(digest|rootfs|unprivileged|parent|template|lock|mp\d+|unused\d+)$")
     opts = {k: x for k, x in old.main.options.items() if not skip.match(k)}
-    opts.update(extra)
+    if extra.get("_unique"):
+        for k in [k for k in opts if re.fullmatch(r"net\d+", k)]:
+            mac = "BC:24:11:" + ":".join(f"{b:02X}" for b in secrets.token_bytes(3))
+            opts[k] = re.sub(r"hwaddr=[0-9A-Fa-f:]+", f"hwaddr={mac}", opts[k])
+    opts.update({k: x for k, x in extra.items() if k != "_unique"})
     opts.update(final)
     opts.update(delayed)
     if unprivileged:

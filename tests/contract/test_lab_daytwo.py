@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from pvelab.api.server import LabApiServer
 from pvelab.backend.node import Node
 from pvelab.runtime_protocol import ExecResult
 from pvestack import _daytwo as daytwo
+from pvestack import cli
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Secret
 from pvestack._errors import PvestackError
@@ -417,3 +419,45 @@ def test_deployer_status(api: Api) -> None:
     assert st.to_json()["addresses"] == ["10.77.5.50/24"]
     missing = daytwo.stack_status(client, "litellm", NODE, 130)
     assert (missing.exists, missing.state) == (False, "missing")
+
+
+def test_cli_snapshot_snapshots_rollback_backup_backups_status(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.create(100, net0="name=eth0,bridge=pvlab0,ip=dhcp")
+    stack_file = tmp_path / "stack.toml"
+    stack_file.write_text(
+        f'[pve]\napi_url = "{api.server.url}"\ntoken_id = "{TOKEN_ID}"\n'
+        'token_secret = { env = "PVESTACK_TOKEN_SECRET" }\n'
+        f'ca_file = "{api.server.certfile}"\n\n'
+        '[[stack]]\nname = "hermes"\nnode = "pve"\nvmid = 100\n\n'
+        '[stack.network]\nbridge = "pvlab0"\n\n[stack.template]\nstorage = "local"\n'
+        f'url = "http://127.0.0.1:1/{TEMPLATE}"\n'
+    )
+    monkeypatch.setenv("PVESTACK_TOKEN_SECRET", SECRET)
+    for var in ("PVESTACK_API_URL", "PVESTACK_TOKEN_ID", "PVESTACK_FINGERPRINT", "PVESTACK_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        r = runner.invoke(cli.app, [*args, "-c", str(stack_file)])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    assert "snapshot pvestack-" in run("snapshot", "hermes", "--keep", "1")
+    (api.rootfs(100) / "after.txt").write_text("x\n")
+    time.sleep(1.1)  # the next snapshot's name has the next second
+    out = run("snapshot", "hermes", "--keep", "1")
+    assert "deleted old snapshot pvestack-" in out
+    listed = json.loads(run("snapshots", "hermes", "--json"))
+    assert len(listed) == 1 and listed[0]["pvestack"] is True
+    (api.rootfs(100) / "later.txt").write_text("x\n")
+    assert "rolled back to pvestack-" in run("rollback", "hermes")
+    assert not (api.rootfs(100) / "later.txt").exists() and (api.rootfs(100) / "after.txt").exists()
+    assert "backup local:backup/vzdump-lxc-100-" in run("backup", "hermes", "--compress", "gzip")
+    out = run("backups", "hermes")
+    assert "pvestack-stack: hermes" in out and "pct restore NEW_VMID local:backup/" in out
+    [st] = json.loads(run("status", "--json"))
+    assert (st["stack"], st["state"], st["addresses"]) == ("hermes", "running", ["10.77.5.50/24"])
+    r = runner.invoke(cli.app, ["rollback", "hermes", "nope", "-c", str(stack_file)])
+    assert r.exit_code == 1 and "has no snapshot 'nope'" in r.output

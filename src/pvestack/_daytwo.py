@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pvestack._client import PveClient
-from pvestack._errors import PveError, PvestackError, PveTaskError
+from pvestack._errors import OwnershipError, PveError, PvestackError, PveTaskError
 from pvestack._observe import mark_owner, parse_tags
 
 SNAPSHOT_PREFIX = "pvestack-"
@@ -120,20 +120,36 @@ def snapshot_name(now: datetime) -> str:
     return SNAPSHOT_PREFIX + now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def find_guest(client: PveClient, stack: str, node: str, vmid: int | None) -> Guest:
-    """The stack's CT: the given vmid, or the CT carrying the stack's pvestack mark."""
+def find_guest(
+    client: PveClient, stack: str, node: str, vmid: int | None, *, require_mark: bool = True
+) -> Guest:
+    """The stack's CT: the given vmid, or the CT carrying the stack's pvestack mark. With
+    ``require_mark`` a given vmid must carry this stack's mark (pvestack never touches a
+    guest it did not make)."""
     rows = client.get("/cluster/resources", type="vm")
     for r in rows or []:
         if not isinstance(r, dict) or r.get("type") != "lxc":
             continue
         if vmid is not None and int(r["vmid"]) == vmid:
-            return Guest(stack, str(r.get("node", node)), vmid)
+            guest = Guest(stack, str(r.get("node", node)), vmid)
+            if require_mark and _owner(client, guest) != stack:
+                raise OwnershipError(
+                    f"CT {vmid} does not carry the mark of stack {stack} (tag pvestack and "
+                    f"the description line 'pvestack-stack: {stack}'): pvestack leaves it alone",
+                    hint="check the vmid in the stack file; `pvestack apply --adopt` marks it",
+                )
+            return guest
         if vmid is None and "pvestack" in parse_tags(r.get("tags")):
-            cfg = client.get(f"/nodes/{r['node']}/lxc/{r['vmid']}/config")
-            if mark_owner({k: str(v) for k, v in (cfg or {}).items()}) == stack:
-                return Guest(stack, str(r["node"]), int(r["vmid"]))
+            guest = Guest(stack, str(r["node"]), int(r["vmid"]))
+            if _owner(client, guest) == stack:
+                return guest
     where = f"CT {vmid}" if vmid is not None else f"a CT marked 'pvestack-stack: {stack}'"
     raise PvestackError(f"stack {stack}: {where} does not exist", hint="run `pvestack apply`")
+
+
+def _owner(client: PveClient, guest: Guest) -> str | None:
+    cfg = client.get(f"{guest.base}/config") or {}
+    return mark_owner({k: str(v) for k, v in cfg.items()})
 
 
 # ---------------------------------------------------------------- snapshots
@@ -373,15 +389,19 @@ class StackStatus:
 
 
 def interface_addresses(rows: Any) -> tuple[str, ...]:
-    """Addresses of ``GET .../interfaces`` without loopback (``10.0.0.5/24``...)."""
+    """Addresses of ``GET .../interfaces`` without loopback and link-local
+    (``10.0.0.5/24``...); ``None`` (a stopped CT) has none."""
     out = []
     for r in rows or []:
         if not isinstance(r, dict) or r.get("name") == "lo":
             continue
-        for key in ("inet", "inet6"):
-            for addr in str(r.get(key) or "").split():
-                if addr and not addr.lower().startswith("fe80:"):
-                    out.append(addr)
+        listed = r.get("ip-addresses")
+        if isinstance(listed, list):
+            addrs = [f"{a.get('ip-address')}/{a.get('prefix')}" for a in listed
+                     if isinstance(a, dict) and a.get("ip-address")]  # fmt: skip
+        else:
+            addrs = [str(r[k]) for k in ("inet", "inet6") if r.get(k)]
+        out += [a for a in addrs if not a.lower().startswith("fe80:")]
     return tuple(out)
 
 
@@ -389,12 +409,14 @@ def stack_status(
     client: PveClient, stack: str, node: str, vmid: int | None, probe: AppProbe | None = None
 ) -> StackStatus:
     try:
-        guest = find_guest(client, stack, node, vmid)
+        guest = find_guest(client, stack, node, vmid, require_mark=False)
     except PvestackError:
         return StackStatus(stack, node, vmid, False)
     st = client.get(f"{guest.base}/status/current") or {}
     state = str(st.get("status", "unknown"))
     problems: list[str] = []
+    if _owner(client, guest) != stack:
+        problems.append(f"CT {guest.vmid} does not carry the mark of stack {stack}")
     addresses: tuple[str, ...] = ()
     if state == "running":
         try:

@@ -31,7 +31,7 @@ from pvestack import _daytwo as daytwo
 from pvestack import cli
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Secret
-from pvestack._errors import PvestackError
+from pvestack._errors import OwnershipError, PvestackError
 
 pytestmark = pytest.mark.contract
 
@@ -417,6 +417,9 @@ def test_deployer_status(api: Api) -> None:
     )
     assert seen == [daytwo.Guest("hermes", NODE, 100)]
     assert st.to_json()["addresses"] == ["10.77.5.50/24"]
+    assert st.problems == ("CT 100 does not carry the mark of stack hermes",)
+    with pytest.raises(OwnershipError, match="CT 100 does not carry the mark of stack hermes"):
+        daytwo.find_guest(client, "hermes", NODE, 100)
     missing = daytwo.stack_status(client, "litellm", NODE, 130)
     assert (missing.exists, missing.state) == (False, "missing")
 
@@ -424,7 +427,12 @@ def test_deployer_status(api: Api) -> None:
 def test_cli_snapshot_snapshots_rollback_backup_backups_status(
     api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api.create(100, net0="name=eth0,bridge=pvlab0,ip=dhcp")
+    api.create(
+        100,
+        net0="name=eth0,bridge=pvlab0,ip=dhcp",
+        tags="pvestack",
+        description="pvestack-stack: hermes",
+    )
     stack_file = tmp_path / "stack.toml"
     stack_file.write_text(
         f'[pve]\napi_url = "{api.server.url}"\ntoken_id = "{TOKEN_ID}"\n'

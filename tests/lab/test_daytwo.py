@@ -97,6 +97,14 @@ def test_snapshot_rollback_then_vzdump_and_pct_restore(
     assert api.wait(upid)["exitstatus"] == "OK"
     _running(lab, RESTORED)
     assert _sh(lab, RESTORED, "cat /root/before.txt") == (0, "kept\n")
+    # GET .../interfaces: `ip --json a` in the CT's network namespace, as PVE reads it
+    addrs: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not addrs:
+        rows = api.ok("GET", f"/nodes/{{node}}/lxc/{RESTORED}/interfaces")
+        addrs = [r["inet"] for r in rows if r["name"] == "eth0" and r.get("inet")]
+        time.sleep(1)
+    assert addrs and addrs[0].startswith(lab.settings.subnet.rsplit(".", 1)[0] + "."), addrs
     owner = _sh(lab, RESTORED, "stat -c %u:%g /root/before.txt")[1].strip()
     assert owner == "0:0"  # the archive holds the CT's view of owners; restore maps them back
     for vmid in (RESTORED, VMID):

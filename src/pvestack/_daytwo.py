@@ -34,6 +34,14 @@ _OURS = re.compile(r"^pvestack-(\d{8}T\d{6}Z)$")
 _MOUNT = re.compile(r"^(rootfs|mp\d+)$")
 #: storage types whose container volumes PVE can snapshot (Plugin::volume_has_feature)
 SNAPSHOT_STORAGE_TYPES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
+#: what an API token needs for day two, for `doctor`: (ACL path, privilege, what for)
+PRIVILEGES = (
+    ("/vms/{vmid}", "VM.Audit", "snapshots, status, interfaces"),
+    ("/vms/{vmid}", "VM.Snapshot", "snapshot, prune (delete a snapshot)"),
+    ("/vms/{vmid}", "VM.Snapshot.Rollback", "rollback (VM.Snapshot also allows it)"),
+    ("/vms/{vmid}", "VM.Backup", "backup; seeing the CT's archives in backups"),
+    ("/storage/{backup_storage}", "Datastore.AllocateSpace", "backup, backups"),
+)
 BackupMode = Literal["snapshot", "suspend", "stop"]
 Compression = Literal["zstd", "gzip", "0"]
 

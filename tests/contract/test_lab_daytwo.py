@@ -306,6 +306,10 @@ def test_vzdump_and_restore_refusals(api: Api) -> None:
     assert status == "OK" and "INFO: trying 'suspend' mode instead" in log
     [backup] = api.call("GET", "/nodes/pve/storage/local/content", {"content": "backup"})[1]["data"]
     assert backup["format"] == "tar"
+    # the listing shows a backup only to who may use it (VM.Backup on its CT)
+    status, hidden = api.call("GET", "/nodes/pve/storage/local/content", {"content": "backup"},
+                              token="nobackup@pve!t")  # fmt: skip
+    assert (status, hidden["data"]) == (200, [])
     restore = {"ostemplate": backup["volid"], "restore": 1, "storage": "local-lvm"}
     status, body = api.call("POST", f"/nodes/{NODE}/lxc", {"vmid": 100, **restore})
     assert (status, body["message"]) == (500, "CT 100 already exists on node 'pve'\n")

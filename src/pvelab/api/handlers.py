@@ -127,7 +127,7 @@ def storage_content(r: Request) -> Any:
     r.check_node()
     vmid = r.opt("vmid")
     return r.node.storage_content(
-        r.params["storage"], r.opt("content"), int(vmid) if vmid is not None else None
+        r.params["storage"], r.opt("content"), int(vmid) if vmid is not None else None, r.user
     )
 
 

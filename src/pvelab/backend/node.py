@@ -354,9 +354,10 @@ class Node:
         }  # fmt: skip
 
     def storage_content(
-        self, sid: str, content: str | None, vmid: int | None
+        self, sid: str, content: str | None, vmid: int | None, who: str | Identity = ROOT
     ) -> list[dict[str, Any]]:
-        return self.storages.content(sid, content, vmid)
+        items = self.storages.content(sid, content, vmid)
+        return vzdump.visible_backups(self, as_identity(who), sid, items)
 
     def delete_volume(self, who: Identity, sid: str, volume: str) -> str | None:
         volid = volume if ":" in volume else f"{sid}:{volume}"

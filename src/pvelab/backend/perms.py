@@ -136,6 +136,9 @@ def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-con
 #   vzdump                      Datastore.AllocateSpace on /storage/{storage} (before the
 #                               task: 403), VM.Backup on /vms/{vmid} (in the task: the task
 #                               fails with the permission message)
+#   content listing             a backup is listed only if ``check_volume_access`` allows
+#                               it (VM.Backup on its CT + Datastore.AllocateSpace, or
+#                               Datastore.Allocate)
 #   restore (create, restore=1) VM.Allocate on /vms/{vmid}; the archive as
 #                               ``check_volume_access``; Datastore.AllocateSpace on the
 #                               target storage; Sys.Modify on / for a privileged CT

@@ -342,6 +342,22 @@ def extract_config(node: Node, volume: str, who: Identity) -> str:
     return read_config(path)
 
 
+def visible_backups(
+    node: Node, who: Identity, sid: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The content listing drops backups ``check_volume_access`` refuses to ``who``
+    (pve-storage's content index); other content is left as it is."""
+    out = []
+    for item in items:
+        if item.get("content") == "backup":
+            try:
+                check_backup_volume_access(node.auth, who, sid, item.get("vmid"), None)
+            except PveError:
+                continue
+        out.append(item)
+    return out
+
+
 def _backup_path(node: Node, volid: str, who: Identity, vmid: int | None) -> Path:
     sid, colon, name = volid.partition(":")
     if not colon:

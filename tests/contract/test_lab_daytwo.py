@@ -25,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pvelab.api.server import LabApiServer
+from pvelab.backend.auth import Identity
 from pvelab.backend.node import Node
 from pvelab.runtime_protocol import ExecResult
 from pvestack import _daytwo as daytwo
@@ -282,6 +283,11 @@ def test_vzdump_lists_with_notes_and_restores_into_a_new_vmid(api: Api) -> None:
     assert (api.rootfs(101) / "data.txt").read_text() == "sessions\n"
     assert not (api.rootfs(101) / "etc/vzdump/pct.conf").exists()
     assert api.task("POST", "/nodes/pve/lxc/101/status/start")[0] == "OK"
+    # removing the archive takes its notes and log with it (pve-storage's archive_remove)
+    api.node.wait(api.node.delete_volume(Identity("root@pam"), "local", item["volid"]) or "", 10)
+    assert api.call("GET", "/nodes/pve/storage/local/content", {"content": "backup"})[1] == {
+        "data": []}  # fmt: skip
+    assert sorted(p.name for p in archive.parent.iterdir()) == []
 
 
 def test_vzdump_and_restore_refusals(api: Api) -> None:

@@ -120,6 +120,11 @@ class Storages:
 
     def free(self, volid: str) -> None:
         path = self.volume_path(volid)
+        if BACKUP_NAME.match(path.name):  # pve-storage's archive_remove
+            if path.with_name(path.name + ".protected").exists():
+                raise PveError(500, f"cannot remove protected archive '{path}'")
+            path.with_name(path.name + ".notes").unlink(missing_ok=True)
+            path.with_name(path.name.split(".tar")[0] + ".log").unlink(missing_ok=True)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

@@ -43,11 +43,12 @@ USAGE: pct <COMMAND> [ARGS] [OPTIONS]
        pct enter <vmid>
        pct snapshot|rollback|delsnapshot <vmid> <snapname>
        pct listsnapshot <vmid>
+       pct restore <vmid> <ostemplate> [--storage <storage>] [--start] [-<option> <value>]...
        pct push <vmid> <file> <destination> [--group] [--perms] [--user]
        pct pull <vmid> <path> <destination> [--group] [--perms] [--user]
        pct list
 """
-_FLAGS = frozenset({"current", "verbose", "force", "purge", "start", "forceStop"})
+_FLAGS = frozenset({"current", "verbose", "force", "purge", "start", "forceStop", "unique"})
 
 
 class UsageError(Exception):
@@ -245,6 +246,10 @@ def run(argv: Sequence[str], node: Node | None = None) -> int:
         else:
             upid = node.delete_snapshot(vmid, pos[1], user=ROOT)
         node.wait(upid)
+    elif cmd == "restore":  # a backup archive (volid or path) into a new CT
+        if len(pos) != 2:
+            raise UsageError("usage: pct restore <vmid> <ostemplate> [OPTIONS]")
+        node.wait(node.create({"vmid": vmid, "ostemplate": pos[1], "restore": 1, **opts}))
     elif cmd == "listsnapshot":
         for snap in node.snapshot_list(vmid):
             print(f"{snap.get('name', '')} {snap.get('description', '')}".rstrip())

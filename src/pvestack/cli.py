@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -18,6 +19,7 @@ from rich.markup import escape
 
 from pvelab.cli import app as lab_app
 from pvestack import __version__
+from pvestack import _daytwo as daytwo
 from pvestack import _engine as engine
 from pvestack._config import DEFAULT_FILE, StackFile, json_schema, load_config
 from pvestack._errors import ConfigError, PvestackError
@@ -483,6 +485,143 @@ def schema() -> None:
 def version() -> None:
     """Print the version."""
     out.print(__version__)
+
+
+# ---------------------------------------------------------------- day two
+# Thin wrappers over pvestack._daytwo (snapshots, backups, status); see DEVELOPERS.md.
+
+StackArg = Annotated[str, typer.Argument(help="the stack's name in the stack file")]
+KeepOpt = Annotated[int, typer.Option("--keep", help="pvestack snapshots to keep", min=1)]
+StorageOpt = Annotated[str, typer.Option("--storage", help="the backup storage")]
+
+
+def _stack_guest(cfg: StackFile, client: Any, name: str) -> daytwo.Guest:
+    found = [st for st in cfg.stack if st.name == name]
+    if not found:
+        known = ", ".join(s.name for s in cfg.stack)
+        _fail(PvestackError(f"no stack '{name}' in {cfg.source_file} (stacks: {known})"))
+    node, vmid = found[0].node, None if found[0].vmid == "auto" else int(found[0].vmid)
+    return _guard(lambda: daytwo.find_guest(client, name, node, vmid))
+
+
+def _open(config: Path, insecure: bool, stack: str) -> tuple[Any, daytwo.Guest]:
+    cfg = _load(config)
+    client = _client(cfg, insecure)
+    return client, _stack_guest(cfg, client, stack)
+
+
+@app.command()
+def snapshot(
+    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), keep: KeepOpt = 3,
+    insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """Take a PVE snapshot of the stack's CT (pvestack-<UTC time>) and prune to --keep."""
+    client, guest = _open(config, insecure, stack)
+    now = datetime.now(UTC)
+    snap = _guard(lambda: daytwo.take_snapshot(client, guest, now=now))
+    out.print(f"snapshot {snap.name} of CT {guest.vmid} taken", markup=False)
+    pruned = _guard(lambda: daytwo.prune(client, guest, keep))
+    for name in pruned.deleted:
+        out.print(f"deleted old snapshot {name} (keep {keep})", markup=False)
+
+
+@app.command()
+def snapshots(
+    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), json_out: JsonOpt = False,
+    insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """List the CT's snapshots (pvestack's and others')."""
+    client, guest = _open(config, insecure, stack)
+    have = _guard(lambda: daytwo.list_snapshots(client, guest))
+    if json_out:
+        _print_json([{"name": s.name, "taken": s.taken.isoformat() if s.taken else None,
+                      "description": s.description, "parent": s.parent, "pvestack": s.ours}
+                     for s in have.snapshots])  # fmt: skip
+        return
+    for s in have.snapshots:
+        mark = "*" if s.name == have.current_parent else " "
+        who = "pvestack" if s.ours else "other"
+        out.print(f"{mark} {s.name:<28} {who:<8} {s.description}", markup=False)
+
+
+@app.command()
+def rollback(
+    stack: StackArg, name: Annotated[str | None, typer.Argument(help="snapshot")] = None, *,
+    config: ConfigOpt = Path(DEFAULT_FILE), insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """Roll the CT back to a snapshot (default: the newest pvestack one) and start it."""
+    client, guest = _open(config, insecure, stack)
+    if name is None:
+        ours = [s for s in _guard(lambda: daytwo.list_snapshots(client, guest)).snapshots
+                if s.ours]  # fmt: skip
+        if not ours:
+            _fail(PvestackError(f"CT {guest.vmid} has no pvestack snapshot to roll back to"))
+        name = ours[-1].name
+    target = name
+    res = _guard(lambda: daytwo.rollback(client, guest, target))
+    out.print(f"CT {guest.vmid} rolled back to {res.name} and started", markup=False)
+    if res.protected:
+        out.print("note: protection=1 guards removal only; PVE rolls back regardless")
+
+
+@app.command()
+def backup(
+    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), storage: StorageOpt = "local",
+    mode: Annotated[str, typer.Option(help="snapshot | suspend | stop")] = "snapshot",
+    compress: Annotated[str, typer.Option(help="zstd | gzip | 0")] = "zstd",
+    insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """Back the CT up with vzdump (notes name the stack)."""
+    if mode not in ("snapshot", "suspend", "stop") or compress not in ("zstd", "gzip", "0"):
+        _fail(PvestackError("--mode: snapshot|suspend|stop, --compress: zstd|gzip|0"))
+    client, guest = _open(config, insecure, stack)
+    m, c = cast("daytwo.BackupMode", mode), cast("daytwo.Compression", compress)
+    res = _guard(lambda: daytwo.backup(client, guest, storage=storage, mode=m, compress=c))
+    out.print(f"backup {res.backup.volid} ({res.backup.size} bytes, mode {res.mode_used})",
+              markup=False)  # fmt: skip
+    for line in res.excluded:
+        out.print(f"  not in it: {line}", markup=False)
+
+
+@app.command()
+def backups(
+    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), storage: StorageOpt = "local",
+    json_out: JsonOpt = False, insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """List the stack's backups and PVE's restore command."""
+    client, guest = _open(config, insecure, stack)
+    found = _guard(lambda: daytwo.list_backups(client, guest, storage))
+    if json_out:
+        _print_json([{"volid": b.volid, "size": b.size, "created": b.created.isoformat(),
+                      "notes": b.notes, "protected": b.protected} for b in found])  # fmt: skip
+        return
+    for b in found:
+        out.print(f"{b.created:%Y-%m-%d %H:%M} {b.volid} {b.size} {b.notes}", markup=False)
+    if found:
+        cmd = daytwo.restore_command(found[-1], 0, "local-lvm").replace(" 0 ", " NEW_VMID ")
+        out.print(f"restore (as root on the node): {cmd}", markup=False)
+
+
+@app.command()
+def status(
+    *, config: ConfigOpt = Path(DEFAULT_FILE), json_out: JsonOpt = False,
+    insecure: InsecureOpt = False,
+) -> None:  # fmt: skip
+    """One line per stack: CT state, addresses, uptime, pvestack snapshots."""
+    cfg = _load(config)
+    client = _client(cfg, insecure)
+    rows = []
+    for st in cfg.stack:
+        name, node, vmid = st.name, st.node, None if st.vmid == "auto" else int(st.vmid)
+        rows.append(_guard(lambda: daytwo.stack_status(client, name, node, vmid)))  # noqa: B023
+    if json_out:
+        _print_json([r.to_json() for r in rows])
+        return
+    for r in rows:
+        addrs = ",".join(r.addresses) or "-"
+        out.print(f"{r.stack:<16} CT {r.vmid or '-':<6} {r.state:<8} {addrs:<20} "
+                  f"up {r.uptime_s}s  snapshots {len(r.snapshots)}"
+                  + (f"  lock {r.lock}" if r.lock else ""), markup=False)  # fmt: skip
 
 
 app.add_typer(lab_app, name="lab", help="the lab: a PVE-node emulator on real LXC")

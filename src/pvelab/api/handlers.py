@@ -127,7 +127,7 @@ def storage_content(r: Request) -> Any:
     r.check_node()
     vmid = r.opt("vmid")
     return r.node.storage_content(
-        r.params["storage"], r.opt("content"), int(vmid) if vmid is not None else None
+        r.params["storage"], r.opt("content"), int(vmid) if vmid is not None else None, r.user
     )
 
 
@@ -269,6 +269,27 @@ def snapshot_delete(r: Request) -> Any:
 def snapshot_config(r: Request) -> Any:
     r.check_node()
     return r.node.get_config(r.vmid, snapshot=str(r.params["snapname"]))
+
+
+def snapshot_config_put(r: Request) -> Any:
+    r.check_node()
+    r.node.set_snapshot_config(r.vmid, str(r.params["snapname"]), r.opt("description"))
+    return None
+
+
+def lxc_interfaces(r: Request) -> Any:
+    r.check_node()
+    return r.node.interfaces(r.vmid)
+
+
+def vzdump(r: Request) -> Any:
+    r.check_node()
+    return r.node.vzdump({k: v for k, v in r.params.items() if k != "node"}, user=r.user)
+
+
+def vzdump_extractconfig(r: Request) -> Any:
+    r.check_node()
+    return r.node.vzdump_config(str(r.params["volume"]), user=r.user)
 
 
 def snapshot_rollback(r: Request) -> Any:

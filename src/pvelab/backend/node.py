@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pvelab.backend import conf as confmod
+from pvelab.backend import snapshots, vzdump
 from pvelab.backend.auth import ROOT, AuthStore, Identity
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.errors import PveError, TaskFailed, param_error, permission_denied
@@ -46,7 +47,7 @@ from pvelab.backend.schema import (
     split_list,
     validate,
 )
-from pvelab.backend.storage import STORAGES, TEMPLATE_EXT, Storages, copy_tree
+from pvelab.backend.storage import STORAGES, TEMPLATE_EXT, Storages
 from pvelab.backend.tasks import TaskLog, TaskStore, Upid
 from pvelab.runtime_protocol import Runtime
 
@@ -353,9 +354,10 @@ class Node:
         }  # fmt: skip
 
     def storage_content(
-        self, sid: str, content: str | None, vmid: int | None
+        self, sid: str, content: str | None, vmid: int | None, who: str | Identity = ROOT
     ) -> list[dict[str, Any]]:
-        return self.storages.content(sid, content, vmid)
+        items = self.storages.content(sid, content, vmid)
+        return vzdump.visible_backups(self, as_identity(who), sid, items)
 
     def delete_volume(self, who: Identity, sid: str, volume: str) -> str | None:
         volid = volume if ":" in volume else f"{sid}:{volume}"
@@ -499,7 +501,7 @@ class Node:
         v = validate(method_schema("/nodes/{node}/lxc", "POST"), {"node": self.name, **params})
         vmid = int(v["vmid"])
         if v.get("restore"):
-            raise PveError(501, "restore is not implemented by the lab")
+            return vzdump.restore(self, v, who)
         unprivileged = bool(v.get("unprivileged", 1))
         if not unprivileged:
             self.auth.require(who, "/", "Sys.Modify")
@@ -876,40 +878,11 @@ class Node:
 
         return self._task("vzdestroy", vmid, who, body)
 
-    # ------------------------------------------------------------------ snapshots
+    # ------------------------------------------------------------------ snapshots, backups
+    # (the rules are in ``snapshots`` and ``vzdump``; these are the entry points)
 
     def snapshot_list(self, vmid: int) -> list[dict[str, Any]]:
-        c, text = self._read(vmid)
-        out: list[dict[str, Any]] = []
-        for name, sec in c.snapshots.items():
-            item: dict[str, Any] = {
-                "name": name, "snaptime": int(sec.options.get("snaptime", "0")),
-                "description": sec.description or "",
-            }  # fmt: skip
-            if sec.options.get("parent"):
-                item["parent"] = sec.options["parent"]
-            out.append(item)
-        cur: dict[str, Any] = {
-            "name": "current", "description": "You are here!", "digest": confmod.digest(text),
-            "running": 1 if self._running(vmid) else 0,
-        }  # fmt: skip
-        if c.main.options.get("parent"):
-            cur["parent"] = c.main.options["parent"]
-        out.append(cur)
-        return out
-
-    def _volumes(self, opts: Mapping[str, str]) -> list[str]:
-        out = []
-        for k, v in opts.items():
-            if _MOUNT_KEY.match(k):
-                vol = _volume_of(k, v)
-                if mount_type(vol) == "volume":
-                    out.append(vol)
-        return out
-
-    def _snap_path(self, vmid: int, snap: str, volid: str) -> Path:
-        sid, _, name = volid.partition(":")
-        return self.storages.snapshot_dir(sid, vmid, snap) / name
+        return snapshots.listing(self, vmid)
 
     def snapshot(
         self,
@@ -919,110 +892,71 @@ class Node:
         user: str | Identity = ROOT,
         description: str | None = None,
     ) -> str:
-        who = as_identity(user)
-        self._need_conf(vmid)
-        if snapname in ("current", "vzdump"):
-            raise PveError(500, f"unable to use snapshot name '{snapname}' (reserved name)")
-
-        def body(log: TaskLog) -> None:
-            with self.locked():
-                c = self.load(vmid)
-                if c.main.options.get("lock"):
-                    raise PveError(500, f"CT is locked ({c.main.options['lock']})")
-                if snapname in c.snapshots:
-                    raise PveError(500, f"snapshot name '{snapname}' already used")
-                opts = dict(c.main.options)
-                self._write(
-                    vmid, replace(c, main=replace(c.main, options={**opts, "lock": "snapshot"}))
-                )
-            try:
-                for volid in self._volumes(opts):
-                    log.write(f"snapshotting '{volid}'")
-                    copy_tree(
-                        self.storages.volume_path(volid), self._snap_path(vmid, snapname, volid)
-                    )
-            except Exception:
-                self._update_main(vmid, lock=None)
-                raise
-            with self.locked():
-                c = self.load(vmid)
-                snap = {k: x for k, x in c.main.options.items()
-                        if k != "lock" and not k.startswith("unused")}  # fmt: skip
-                snap["snaptime"] = str(int(time.time()))
-                main = {k: x for k, x in c.main.options.items() if k != "lock"}
-                main["parent"] = snapname
-                snaps = dict(c.snapshots)
-                snaps[snapname] = Section(snap, c.main.raw, description)
-                self._write(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
-
-        return self._task("vzsnapshot", vmid, who, body)
+        return snapshots.create(self, vmid, snapname, as_identity(user), description)
 
     def delete_snapshot(self, vmid: int, snapname: str, *, user: str | Identity = ROOT) -> str:
-        who = as_identity(user)
-        self._need_conf(vmid)
-
-        def body(log: TaskLog) -> None:
-            with self.locked():
-                c = self.load(vmid)
-                if snapname not in c.snapshots:
-                    raise PveError(500, f"snapshot '{snapname}' does not exist")
-                snap = c.snapshots[snapname]
-            for volid in self._volumes(snap.options):
-                path = self._snap_path(vmid, snapname, volid)
-                shutil.rmtree(path, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    path.parent.rmdir()
-            with self.locked():
-                c = self.load(vmid)
-                parent = snap.options.get("parent")
-
-                def reparent(sec: Section) -> Section:
-                    if sec.options.get("parent") != snapname:
-                        return sec
-                    o = {k: x for k, x in sec.options.items() if k != "parent"}
-                    if parent:
-                        o["parent"] = parent
-                    return replace(sec, options=o)
-
-                snaps = {n: reparent(s) for n, s in c.snapshots.items() if n != snapname}
-                self._write(vmid, CtConf(reparent(c.main), c.pending, snaps))
-
-        return self._task("vzdelsnapshot", vmid, who, body)
+        return snapshots.delete(self, vmid, snapname, as_identity(user))
 
     def rollback(
         self, vmid: int, snapname: str, *, user: str | Identity = ROOT, start: bool = False
     ) -> str:
-        who = as_identity(user)
-        c = self._need_conf(vmid)
-        if start:
-            self.auth.require(who, f"/vms/{vmid}", "VM.PowerMgmt")
-        if snapname not in c.snapshots:
-            raise PveError(500, f"snapshot '{snapname}' does not exist")
+        return snapshots.rollback(self, vmid, snapname, as_identity(user), start)
 
-        def body(log: TaskLog) -> None:
-            self._check_lock(vmid)
-            if self._running(vmid):
-                log.write(f"stopping CT {vmid}")
-                self.runtime.stop(vmid)
-            self._update_main(vmid, lock="rollback")
-            snap = self.load(vmid).snapshots[snapname]
-            for volid in self._volumes(snap.options):
-                src = self._snap_path(vmid, snapname, volid)
-                dst = self.storages.volume_path(volid)
-                log.write(f"rolling back '{volid}' to snapshot '{snapname}'")
-                shutil.rmtree(dst, ignore_errors=True)
-                copy_tree(src, dst)
-            with self.locked():
-                c = self.load(vmid)
-                opts = {k: x for k, x in snap.options.items() if k != "snaptime"}
-                opts.update({k: x for k, x in c.main.options.items() if k.startswith("unused")})
-                opts["parent"] = snapname
-                self._write(vmid, CtConf(Section(opts, snap.raw, c.main.description), Section(),
-                                         c.snapshots))  # fmt: skip
-            if start:
-                self._do_start(vmid, log)
+    def set_snapshot_config(self, vmid: int, snapname: str, description: str | None) -> None:
+        snapshots.update_description(self, vmid, snapname, description)
 
-        return self._task("vzrollback", vmid, who, body)
+    def vzdump(self, params: Mapping[str, Any], *, user: str | Identity = ROOT) -> str:
+        return vzdump.backup(self, params, as_identity(user))
+
+    def vzdump_config(self, volume: str, *, user: str | Identity = ROOT) -> str:
+        return vzdump.extract_config(self, volume, as_identity(user))
+
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        """``GET .../interfaces`` as PVE's ``get_interfaces``: ``ip --json a`` in the CT's
+        network namespace (nothing for a stopped CT)."""
+        self.load(vmid)
+        pid = self.runtime.pid(vmid) if self._running(vmid) else None
+        if not self._running(vmid):
+            return None
+        rows: list[dict[str, Any]] = []
+        if pid and os.geteuid() == 0:
+            r = subprocess.run(["nsenter", "-t", str(pid), "--net", "--", "ip", "--json", "a"],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+            if r.returncode == 0:
+                rows = json.loads(r.stdout or "[]")
+        else:  # a runtime without a process (tests): what it knows
+            net0 = self.load(vmid).main.options.get("net0", "")
+            m = re.search(r"hwaddr=([0-9A-Fa-f:]+)", net0)
+            ip = self.runtime.ip_address(vmid)
+            lo = [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]
+            rows = [{"ifname": "lo", "address": "00:00:00:00:00:00", "addr_info": lo}]
+            if net0:
+                info = [{"family": "inet", "local": ip, "prefixlen": 24}] if ip else []
+                rows.append({"ifname": "eth0", "address": (m.group(1) if m else "").lower(),
+                             "addr_info": info})  # fmt: skip
+        return [_interface(row) for row in rows]
+
+    # Names the day-two modules use (stable while the private ones move).
+    def read_conf(self, vmid: int) -> tuple[CtConf, str]:
+        return self._read(vmid)
+
+    def write_conf(self, vmid: int, c: CtConf) -> None:
+        self._write(vmid, c)
+
+    def start_task(self, ttype: str, vmid: int | str, who: Identity, body: Any) -> str:
+        return self._task(ttype, vmid, who, body)
+
+    def is_running(self, vmid: int) -> bool:
+        return self._running(vmid)
+
+    def start_now(self, vmid: int, log: TaskLog) -> None:
+        self._do_start(vmid, log)
+
+    def realise(self, vmid: int, key: str, value: str, owner: int | None, log: TaskLog) -> str:
+        return self._realise(vmid, key, value, owner, log)
+
+    def purge(self, vmid: int) -> None:
+        self._purge(vmid)
 
     # ------------------------------------------------------------------ tasks
 
@@ -1100,6 +1034,19 @@ class _NullLog(TaskLog):
 
     def write(self, line: str) -> None:
         return None
+
+
+def _interface(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One interface as pve-container's ``get_interfaces`` answers it."""
+    out: dict[str, Any] = {"name": row.get("ifname", ""), "hwaddr": row.get("address", ""),
+                           "hardware-address": row.get("address", "")}  # fmt: skip
+    addrs = []
+    for a in row.get("addr_info", []):
+        out[a["family"]] = f"{a['local']}/{a['prefixlen']}"
+        addrs.append({"ip-address-type": a["family"], "ip-address": a["local"],
+                      "prefix": a["prefixlen"]})  # fmt: skip
+    out["ip-addresses"] = addrs
+    return out
 
 
 def _task_visible(

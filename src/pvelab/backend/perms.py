@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from pvelab.backend.auth import AuthStore, Identity
-from pvelab.backend.errors import permission_denied
+from pvelab.backend.errors import PveError, permission_denied
 from pvelab.backend.schema import lxc_option_schema, parse_property_string
 
 NEW_DISK = re.compile(r"^([a-zA-Z][a-zA-Z0-9\-_.]*[a-zA-Z0-9]):(\d+(\.\d+)?)$")
@@ -123,3 +123,42 @@ def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-con
         check(opt, False)
     for opt in delete:
         check(opt, True)
+
+
+# ---------------------------------------------------------------------------------------
+# Day two: snapshots, backups, restore. Checks PVE makes in code, beside the schema's
+# ``permissions.check`` (which the API server applies to every method):
+#   snapshot create/delete, PUT snapshot config    VM.Snapshot on /vms/{vmid}      (schema)
+#   rollback                    VM.Snapshot or VM.Snapshot.Rollback on /vms/{vmid} (schema;
+#                               ``start=1`` needs nothing more: pve-container starts it)
+#   snapshot list               VM.Audit on /vms/{vmid}                              (schema)
+#   GET snapshot config         VM.Snapshot, VM.Snapshot.Rollback or VM.Audit        (schema)
+#   vzdump                      Datastore.AllocateSpace on /storage/{storage} (before the
+#                               task: 403), VM.Backup on /vms/{vmid} (in the task: the task
+#                               fails with the permission message)
+#   content listing             a backup is listed only if ``check_volume_access`` allows
+#                               it (VM.Backup on its CT + Datastore.AllocateSpace, or
+#                               Datastore.Allocate)
+#   restore (create, restore=1) VM.Allocate on /vms/{vmid}; the archive as
+#                               ``check_volume_access``; Datastore.AllocateSpace on the
+#                               target storage; Sys.Modify on / for a privileged CT
+# ---------------------------------------------------------------------------------------
+
+
+def check_vzdump_perm(auth: AuthStore, who: Identity, storage: str) -> None:
+    """pve-manager's vzdump API before its worker: the backup storage."""
+    auth.require(who, f"/storage/{storage}", "Datastore.AllocateSpace")
+
+
+def check_backup_volume_access(
+    auth: AuthStore, who: Identity, sid: str, owner: int | None, vmid: int | None
+) -> None:
+    """pve-storage's ``check_volume_access`` for a ``backup`` volume."""
+    if auth.allowed(who, f"/storage/{sid}", "Datastore.Allocate"):
+        return
+    if owner is not None and vmid is not None and owner == vmid:
+        return
+    if owner is None:
+        raise PveError(500, "missing privileges to access the volume")
+    auth.require(who, f"/storage/{sid}", "Datastore.AllocateSpace")
+    auth.require(who, f"/vms/{owner}", "VM.Backup")

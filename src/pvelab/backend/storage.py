@@ -6,6 +6,14 @@
   one directory per volume, ``images/<vmid>/vm-<vmid>-disk-<n>/`` (volid
   ``local-lvm:vm-<vmid>-disk-<n>``), used as a directory rootfs or mount point volume.
   Snapshots are copies in ``snapshots/<vmid>/<snap>/<volname>/``.
+- ``local-dir`` (type ``dir``, content ``rootdir,images``): container volumes as on
+  ``local-lvm`` but **not snapshot-capable** (PVE's ``dir`` storage cannot snapshot raw or
+  subvol volumes): a CT with a volume here answers ``snapshot feature is not available``.
+  (PVE names such a volume ``local-dir:<vmid>/vm-<vmid>-disk-<n>.raw``; the lab keeps its
+  one naming ``local-dir:vm-<vmid>-disk-<n>``.)
+
+Backups (vzdump) go to ``local/dump/`` as ``vzdump-lxc-<vmid>-<time>.tar[.zst|.gz]`` with
+``.notes`` and ``.log`` beside them (volid ``local:backup/<file>``).
 """
 
 from __future__ import annotations
@@ -40,11 +48,17 @@ class StorageDef:
     id: str
     type: str
     content: tuple[str, ...]
+    #: whether its container volumes can be snapshotted (PVE: ``volume_has_feature``)
+    snapshot: bool = False
 
 
 STORAGES = (
     StorageDef("local", "dir", ("backup", "iso", "snippets", "vztmpl")),
-    StorageDef("local-lvm", "lvmthin", ("images", "rootdir")),
+    StorageDef("local-lvm", "lvmthin", ("images", "rootdir"), snapshot=True),
+    StorageDef("local-dir", "dir", ("images", "rootdir")),
+)
+BACKUP_NAME = re.compile(
+    r"^vzdump-(lxc|qemu)-(\d+)-(\d{4}_\d\d_\d\d-\d\d_\d\d_\d\d)\.(tar(?:\.(?:zst|gz))?)$"
 )
 
 
@@ -64,7 +78,9 @@ class Storages:
 
     def ensure(self) -> None:
         (self.root / "local" / "template" / "cache").mkdir(parents=True, exist_ok=True)
-        (self.root / "local-lvm" / "images").mkdir(parents=True, exist_ok=True)
+        for s in STORAGES:
+            if "rootdir" in s.content:
+                (self.root / s.id / "images").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ volumes
 
@@ -72,7 +88,7 @@ class Storages:
         """The directory (or file) behind a volume id."""
         sid, _, name = volid.partition(":")
         store = self.get(sid)
-        if store.type == "dir":
+        if store.type == "dir" and not ("rootdir" in store.content and _VOLNAME.match(name)):
             kind, _, file = name.partition("/")
             sub = {"vztmpl": "template/cache", "iso": "template/iso", "backup": "dump",
                    "snippets": "snippets"}.get(kind)  # fmt: skip
@@ -104,6 +120,11 @@ class Storages:
 
     def free(self, volid: str) -> None:
         path = self.volume_path(volid)
+        if BACKUP_NAME.match(path.name):  # pve-storage's archive_remove
+            if path.with_name(path.name + ".protected").exists():
+                raise PveError(500, f"cannot remove protected archive '{path}'")
+            path.with_name(path.name + ".notes").unlink(missing_ok=True)
+            path.with_name(path.name.split(".tar")[0] + ".log").unlink(missing_ok=True)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -112,7 +133,7 @@ class Storages:
     def vm_volumes(self, vmid: int) -> list[str]:
         out: list[str] = []
         for store in STORAGES:
-            if store.type == "lvmthin":
+            if "rootdir" in store.content:
                 base = self.root / store.id / "images" / str(vmid)
                 if base.is_dir():
                     out.extend(f"{store.id}:{p.name}" for p in sorted(base.iterdir()))
@@ -129,7 +150,9 @@ class Storages:
         store = self.get(sid)
         out: list[dict[str, Any]] = []
         base = self.root / sid
-        if store.type == "dir":
+        if "backup" in store.content and kind in (None, "backup"):
+            out.extend(b for b in self.backups(sid) if vmid is None or b["vmid"] == vmid)
+        if "vztmpl" in store.content:
             if kind in (None, "vztmpl"):
                 cache = base / "template" / "cache"
                 for f in sorted(cache.glob("*")) if cache.is_dir() else []:
@@ -155,6 +178,37 @@ class Storages:
                     "size": 0, "vmid": int(vdir.name), "ctime": int(vol.stat().st_mtime),
                 })  # fmt: skip
         return out
+
+    def backups(self, sid: str) -> list[dict[str, Any]]:
+        """Backup archives of a ``backup`` storage, as ``GET .../content?content=backup``
+        lists them (``notes`` from ``<archive>.notes``, ``protected`` from ``.protected``)."""
+        dump = self.root / sid / "dump"
+        out: list[dict[str, Any]] = []
+        for f in sorted(dump.iterdir()) if dump.is_dir() else []:
+            m = BACKUP_NAME.match(f.name)
+            if not m or not f.is_file():
+                continue
+            st = f.stat()
+            item: dict[str, Any] = {
+                "volid": f"{sid}:backup/{f.name}", "content": "backup", "format": m.group(4),
+                "size": st.st_size, "ctime": int(st.st_mtime), "vmid": int(m.group(2)),
+                "subtype": m.group(1),
+            }  # fmt: skip
+            notes = f.with_name(f.name + ".notes")
+            if notes.is_file():
+                item["notes"] = notes.read_text().rstrip("\n")
+            if f.with_name(f.name + ".protected").exists():
+                item["protected"] = 1
+            out.append(item)
+        return out
+
+    def snapshot_capable(self, volid: str) -> bool:
+        """PVE's ``volume_has_feature('snapshot')``: false for a path (bind or device mount)
+        and for a volume on a storage that cannot snapshot."""
+        sid, colon, _ = volid.partition(":")
+        if not colon or volid.startswith("/"):
+            return False
+        return self.get(sid).snapshot
 
     def template_path(self, volid: str) -> Path:
         sid, _, name = volid.partition(":")

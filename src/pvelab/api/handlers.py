@@ -277,11 +277,6 @@ def snapshot_config_put(r: Request) -> Any:
     return None
 
 
-def lxc_interfaces(r: Request) -> Any:
-    r.check_node()
-    return r.node.interfaces(r.vmid)
-
-
 def vzdump(r: Request) -> Any:
     r.check_node()
     return r.node.vzdump({k: v for k, v in r.params.items() if k != "node"}, user=r.user)

@@ -52,7 +52,6 @@ ROUTES: Mapping[tuple[str, str], Handler] = {
     ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback"): h.snapshot_rollback,
     # day two
     ("PUT", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config"): h.snapshot_config_put,
-    ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"): h.lxc_interfaces,
     ("POST", "/nodes/{node}/vzdump"): h.vzdump,
     ("GET", "/nodes/{node}/vzdump/extractconfig"): h.vzdump_extractconfig,
     ("GET", "/nodes/{node}/tasks"): h.task_list,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
-import json
 import os
 import re
 import secrets
@@ -911,31 +910,6 @@ class Node:
     def vzdump_config(self, volume: str, *, user: str | Identity = ROOT) -> str:
         return vzdump.extract_config(self, volume, as_identity(user))
 
-    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
-        """``GET .../interfaces`` as PVE's ``get_interfaces``: ``ip --json a`` in the CT's
-        network namespace (nothing for a stopped CT)."""
-        self.load(vmid)
-        pid = self.runtime.pid(vmid) if self._running(vmid) else None
-        if not self._running(vmid):
-            return None
-        rows: list[dict[str, Any]] = []
-        if pid and os.geteuid() == 0:
-            r = subprocess.run(["nsenter", "-t", str(pid), "--net", "--", "ip", "--json", "a"],
-                               capture_output=True, text=True, check=False)  # fmt: skip
-            if r.returncode == 0:
-                rows = json.loads(r.stdout or "[]")
-        else:  # a runtime without a process (tests): what it knows
-            net0 = self.load(vmid).main.options.get("net0", "")
-            m = re.search(r"hwaddr=([0-9A-Fa-f:]+)", net0)
-            ip = self.runtime.ip_address(vmid)
-            lo = [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]
-            rows = [{"ifname": "lo", "address": "00:00:00:00:00:00", "addr_info": lo}]
-            if net0:
-                info = [{"family": "inet", "local": ip, "prefixlen": 24}] if ip else []
-                rows.append({"ifname": "eth0", "address": (m.group(1) if m else "").lower(),
-                             "addr_info": info})  # fmt: skip
-        return [_interface(row) for row in rows]
-
     # Names the day-two modules use (stable while the private ones move).
     def read_conf(self, vmid: int) -> tuple[CtConf, str]:
         return self._read(vmid)
@@ -1034,19 +1008,6 @@ class _NullLog(TaskLog):
 
     def write(self, line: str) -> None:
         return None
-
-
-def _interface(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One interface as pve-container's ``get_interfaces`` answers it."""
-    out: dict[str, Any] = {"name": row.get("ifname", ""), "hwaddr": row.get("address", ""),
-                           "hardware-address": row.get("address", "")}  # fmt: skip
-    addrs = []
-    for a in row.get("addr_info", []):
-        out[a["family"]] = f"{a['local']}/{a['prefixlen']}"
-        addrs.append({"ip-address-type": a["family"], "ip-address": a["local"],
-                      "prefix": a["prefixlen"]})  # fmt: skip
-    out["ip-addresses"] = addrs
-    return out
 
 
 def _task_visible(

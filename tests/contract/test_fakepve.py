@@ -385,7 +385,8 @@ def test_console_mode_prints_a_script_from_the_fresh_state(
     # the token started the CT before root could act: the script must reboot it
     assert "pct set 118 -features keyctl=1,nesting=1 -mp0 /mnt/pve/hdd/hermes,mp=/data" in script
     assert "pct reboot" in script
-    assert script.rstrip().endswith("echo PVESTACK-ROOT-STEPS-DONE")
+    assert "echo PVESTACK-ROOT-STEPS-DONE\n)" in script  # the paste-safe wrapper ends it
+    assert script.rstrip().endswith("pvestack_root_steps </dev/null")
     assert "sk-contract-test" not in script  # the gateway key never in a printed script
     f = tmp_path / "root.sh"
     f.write_text(script)

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from pvelab.api.server import LabApiServer
 from pvelab.backend.auth import Identity
 from pvelab.backend.node import Node
+from pvelab.runtime.lxc import pve_interfaces
 from pvelab.runtime_protocol import ExecResult
 from pvestack import _daytwo as daytwo
 from pvestack import cli
@@ -89,6 +90,17 @@ class ExtractOnlyRuntime:
 
     def ip_address(self, vmid: int) -> str | None:
         return "10.77.5.50" if vmid in self.running else None
+
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        if vmid not in self.running:
+            return None  # PVE answers null for a stopped CT
+        rows = [
+            {"ifname": "lo", "address": "00:00:00:00:00:00",
+             "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+            {"ifname": "eth0", "address": "bc:24:11:00:00:05",
+             "addr_info": [{"family": "inet", "local": "10.77.5.50", "prefixlen": 24}]},
+        ]  # fmt: skip
+        return pve_interfaces(rows)
 
 
 class Api:

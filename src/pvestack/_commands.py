@@ -183,11 +183,12 @@ class Step:
 def render_shell(step: Step) -> str:
     """One idempotent shell fragment for ``step`` (secrets masked)."""
     head = f"# {comment(step.id)}: {comment(step.description)}"
-    body = "\n".join(c.render() for c in step.commands)
     if step.guard is None:
-        return f"{head}\n{body}"
-    inner = "\n".join("  " + ln if ln else ln for ln in body.splitlines())
-    return f"{head}\nif ! {step.guard.render()} >/dev/null 2>&1; then\n{inner}\nfi"
+        return head + "".join("\n" + c.render() for c in step.commands)
+    # only each command's first line is indented: a quoted word spanning lines (a
+    # script, a payload) must stay byte for byte what the step holds
+    inner = "".join("\n  " + c.render() for c in step.commands)
+    return f"{head}\nif ! {step.guard.render()} >/dev/null 2>&1; then{inner}\nfi"
 
 
 def render_script(

@@ -333,9 +333,10 @@ def _plain(v: str, allowed: str = "") -> bool:
     return all(c.isprintable() or c in allowed for c in v)
 
 
-def check_path(p: str, what: str, *, absolute: bool = True) -> None:
-    """A path-like value: printable, no whitespace, no ',' '=' (PVE property strings)
-    nor '..'; absolute unless told. Raises ``ValueError`` naming ``what``."""
+def check_path(p: str, what: str, *, absolute: bool = True, pve: bool = True) -> None:
+    """A path-like value: printable, no whitespace, no '..', absolute unless told, and
+    (``pve``: it can reach a PVE property string) no ',' or '='. ``ValueError`` names
+    ``what``."""
     if not p:
         raise ValueError(f"{what} is empty")
     if not _plain(p):
@@ -346,7 +347,7 @@ def check_path(p: str, what: str, *, absolute: bool = True) -> None:
         raise ValueError(f"{what} must be absolute: {p!r}")
     if ".." in PurePosixPath(p).parts:
         raise ValueError(f"{what} must not contain '..': {p!r}")
-    if "," in p or "=" in p:
+    if pve and ("," in p or "=" in p):
         raise ValueError(f"{what} must not contain ',' or '=': {p!r}")
 
 
@@ -692,27 +693,40 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, str]) -> dict[s
     for name, value in overrides.items():
         if name in _CONNECTION_OVERRIDES:
             path, key = _CONNECTION_OVERRIDES[name]
-            table = data
-            for part in path:
-                nxt = table.setdefault(part, {})
-                if not isinstance(nxt, dict):
-                    nxt = {}
-                    table[part] = nxt
-                table = nxt
+            table = _section(data, path)
+            if table is None:  # not a table in the file: validation names it
+                continue
             table[key] = int(value) if key == "port" and value.isdigit() else value
-            if name == "FINGERPRINT":
-                data.setdefault("pve", {}).pop("ca_file", None)
-            elif name == "CA_FILE":
-                data.setdefault("pve", {}).pop("fingerprint", None)
-        elif name == "TOKEN_SECRET":
-            data.setdefault("pve", {})["token_secret"] = {"env": "PVESTACK_TOKEN_SECRET"}
-        elif name == "INSECURE":
-            data.setdefault("pve", {})["insecure"] = value.lower() in ("1", "true", "yes")
+            pve = _section(data, ("pve",))
+            if name == "FINGERPRINT" and pve is not None:
+                pve.pop("ca_file", None)
+            elif name == "CA_FILE" and pve is not None:
+                pve.pop("fingerprint", None)
+        elif name in ("TOKEN_SECRET", "INSECURE"):
+            pve = _section(data, ("pve",))
+            if pve is None:
+                continue
+            if name == "TOKEN_SECRET":
+                pve["token_secret"] = {"env": "PVESTACK_TOKEN_SECRET"}
+            else:
+                pve["insecure"] = value.lower() in ("1", "true", "yes")
         elif name == "NODE":
-            for st in data.get("stack", []) or []:
+            stacks = data.get("stack")
+            for st in stacks if isinstance(stacks, list) else []:
                 if isinstance(st, dict):
                     st["node"] = value
     return data
+
+
+def _section(data: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """The table at ``path`` (made when missing); None when something there is no table."""
+    table = data
+    for part in path:
+        nxt = table.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            return None
+        table = nxt
+    return table
 
 
 def overrides_from_env(env: Mapping[str, str]) -> dict[str, str]:

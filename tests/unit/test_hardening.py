@@ -178,6 +178,8 @@ def test_take_ownership_is_shown_in_the_plan() -> None:
          "stack[0].app.workspace"),
         ('default_model = "gpt-4o-mini"', 'default_model = "m"\nimage_tarball = "a b.tar"',
          "stack[0].app.image_tarball"),
+        ('default_model = "gpt-4o-mini"', 'default_model = "m"\ndata_dir = "/opt/a:b"',
+         "stack[0].app.data_dir"),
         ('name = "hermes"', 'name = "hermes\\n"', "stack[0].name"),
         ('tags = ["ai", "agent"]', 'tags = ["ai\\n"]', "stack[0].tags"),
     ],

@@ -201,6 +201,8 @@ class HermesApp(_AppBase):
     @classmethod
     def _abs(cls, v: str) -> str:
         check_path(v, "path")
+        if ":" in v:  # compose reads "HOST:CONTAINER" volume specs
+            raise ValueError(f"{v!r}: an absolute path without ':'")
         return v.rstrip("/") or v
 
     @field_validator("mounts")

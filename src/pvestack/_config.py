@@ -748,13 +748,16 @@ def load_config(
         with open(fname, "rb") as fh:
             text_bytes = fh.read()
     except FileNotFoundError:
-        raise ConfigError([Problem(fname, "", "no such file (give one with -c FILE)")]) from None
+        raise ConfigError(
+            [Problem(fname, "(file)", "no such file (give one with -c FILE)")]
+        ) from None
     except OSError as e:
-        raise ConfigError([Problem(fname, "", f"cannot read: {e.strerror}")]) from None
+        raise ConfigError([Problem(fname, "(file)", f"cannot read: {e.strerror}")]) from None
     try:
         text = text_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError([Problem(fname, "", "not UTF-8 text")]) from None
+    except UnicodeDecodeError as e:
+        line = text_bytes[: e.start].count(b"\n") + 1
+        raise ConfigError([Problem(fname, "(document)", "not UTF-8 text", line)]) from None
     return parse_config(text, fname, env=env, overrides=overrides)
 
 

@@ -17,7 +17,7 @@ from test_script_sandbox import recorded_calls, run_sandboxed
 from typer.testing import CliRunner
 
 from pvestack._commands import Command, Step, comment, display, quote, render_script, render_shell
-from pvestack._config import SYSTEM_PATHS, SYSTEM_TREES, parse_config
+from pvestack._config import SYSTEM_PATHS, SYSTEM_TREES, load_config, parse_config
 from pvestack._desired import check_apps
 from pvestack._errors import ConfigError
 from pvestack._model import Action, Actor, BindMount, Change, IdMap, Plan
@@ -331,3 +331,15 @@ def test_cli_errors_escape_control_characters(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["plan", "-c", str(f)], env={**env, **ENV})
     assert r.exit_code == 1
     assert "\x1b" not in r.output and re.search(r"stack\[0\]\.description", r.output), r.output
+
+
+def test_file_problems_have_a_key_and_the_bad_bytes_a_line(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_bytes(b'a = 1\nb = "\xff"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(f, env={})
+    (p,) = ei.value.problems
+    assert (p.key, p.line) == ("(document)", 2)
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "missing.toml", env={})
+    assert ei.value.problems[0].key == "(file)"

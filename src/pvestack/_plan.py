@@ -637,7 +637,12 @@ def _host_dir_need(
         return (
             True,
             f"owned by {have} on the host; container uid {bm.owner_uid} is host uid "
-            f"{want.split(':')[0]} in an unprivileged container",
+            f"{want.split(':')[0]} in an unprivileged container"
+            + (
+                "; taking ownership (take_ownership = true)"
+                if bm.take_ownership
+                else "; refused on the node if it is not empty (set take_ownership = true)"
+            ),
             before,
         )
     if fact.mode is not None and fact.mode.lstrip("0") != bm.mode.lstrip("0"):

@@ -18,11 +18,21 @@ from typer.testing import CliRunner
 
 from pvestack._commands import Command, Step, comment, display, quote, render_script, render_shell
 from pvestack._config import SYSTEM_PATHS, SYSTEM_TREES, load_config, parse_config
-from pvestack._desired import check_apps
+from pvestack._desired import build_desired, check_apps
 from pvestack._errors import ConfigError
-from pvestack._model import Action, Actor, BindMount, Change, IdMap, Plan
+from pvestack._model import (
+    Action,
+    Actor,
+    BindMount,
+    Change,
+    HostPathFact,
+    IdMap,
+    ObservedStack,
+    ObservedState,
+    Plan,
+)
 from pvestack._observe import mark_owner
-from pvestack._plan import render_text
+from pvestack._plan import plan, render_text
 from pvestack._steps import root
 from pvestack.cli import app
 from pvestack.recipes import _render
@@ -343,3 +353,15 @@ def test_file_problems_have_a_key_and_the_bad_bytes_a_line(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as ei:
         load_config(tmp_path / "missing.toml", env={})
     assert ei.value.problems[0].key == "(file)"
+
+
+def test_the_plan_says_a_foreign_directory_needs_take_ownership() -> None:
+    def reason(text: str) -> str:
+        d = build_desired(parse_config(text, "s.toml", env=ENV), with_apps=False, env=ENV)
+        fact = HostPathFact("/mnt/pve/hdd/hermes", True, 0, 0, "755")
+        obs = ObservedState((), (), (ObservedStack("hermes", 118, None, True, host_paths=(fact,)),))
+        return next(a.reason for a in plan(d, obs).actions if a.id == "hermes:host:mp0")
+
+    assert "refused on the node if it is not empty" in reason(EXAMPLE)
+    taking = EXAMPLE.replace('path = "/data"', 'path = "/data"\ntake_ownership = true')
+    assert "taking ownership" in reason(taking)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pvestack import recipes
 from pvestack._commands import Secret
-from pvestack._config import SecretSource, StackFile, StackSection
+from pvestack._config import SecretSource, StackFile, StackSection, stack_idmap
 from pvestack._errors import ConfigError, Problem, SecretError
 from pvestack._model import (
     MARK_LINE_PREFIX,
@@ -26,7 +26,6 @@ from pvestack._model import (
     ContainerSpec,
     DesiredState,
     IdMap,
-    IdMapEntry,
     StackSpec,
     TemplateSpec,
     VolumeMount,
@@ -136,13 +135,7 @@ def tags_value(st: StackSection) -> str:
 
 
 def _idmap(st: StackSection) -> IdMap:
-    if not st.idmap:
-        return IdMap()
-    entries = []
-    for line in st.idmap:
-        k, a, b, c = line.split()
-        entries.append(IdMapEntry(k, int(a), int(b), int(c)))
-    return IdMap(tuple(entries), custom=True)
+    return stack_idmap(st)
 
 
 def container_spec(st: StackSection) -> ContainerSpec:
@@ -177,6 +170,7 @@ def container_spec(st: StackSection) -> ContainerSpec:
                     mode=m.mode if len(m.mode) == 4 else "0" + m.mode,
                     backup=m.backup,
                     shared=m.shared,
+                    take_ownership=m.take_ownership,
                 )
             )
         elif m.volume is not None:

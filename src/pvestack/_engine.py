@@ -146,7 +146,6 @@ def plan(
     client: PveClient,
     *,
     adopt: bool = False,
-    chown_recursive: bool = False,
     reader: FactReader | None = None,
     with_apps: bool = True,
 ) -> PlanResult:
@@ -154,7 +153,7 @@ def plan(
     desired = build_desired(cfg, source=cfg.source_file, with_apps=with_apps)
     before = client.calls
     observed = observe(client, desired, reader=reader)
-    p = make_plan_from(desired, observed, adopt=adopt, chown_recursive=chown_recursive)
+    p = make_plan_from(desired, observed, adopt=adopt)
     return PlanResult(desired, observed, p, client.calls - before)
 
 

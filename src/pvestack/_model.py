@@ -95,6 +95,7 @@ class BindMount:
     mode: str = "0755"
     backup: bool | None = None
     shared: bool | None = None
+    take_ownership: bool = False  # chown an existing non-empty dir owned by someone else
 
     @property
     def pve_value(self) -> str:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pvestack._commands import display
 from pvestack._model import (
     MARK_TAG,
     Action,
@@ -130,14 +131,13 @@ def plan(
     observed: ObservedState,
     *,
     adopt: bool = False,
-    chown_recursive: bool = False,
 ) -> Plan:
     actions: list[Action] = []
     refused: list[str] = []
     warnings: list[str] = []
     for spec in _ordered(desired.stacks):
         obs = observed.stack(spec.name)
-        p = _StackPlanner(spec, obs, adopt=adopt, chown_recursive=chown_recursive)
+        p = _StackPlanner(spec, obs, adopt=adopt)
         p.run()
         actions.extend(p.actions)
         refused.extend(p.refused)
@@ -166,14 +166,11 @@ def _ordered(stacks: Sequence[StackSpec]) -> list[StackSpec]:
 
 
 class _StackPlanner:
-    def __init__(
-        self, spec: StackSpec, obs: ObservedStack, *, adopt: bool, chown_recursive: bool
-    ) -> None:
+    def __init__(self, spec: StackSpec, obs: ObservedStack, *, adopt: bool) -> None:
         self.spec = spec
         self.ct: ContainerSpec = spec.container
         self.obs = obs
         self.adopt = adopt
-        self.chown_recursive = chown_recursive
         self.actions: list[Action] = []
         self.refused: list[str] = []
         self.warnings: list[str] = []
@@ -531,8 +528,9 @@ class _StackPlanner:
                     "path": bm.host_path,
                     "owner": f"{_host_owner(bm, idmap)}",
                     "mode": bm.mode,
+                    **({"take_ownership": "true"} if bm.take_ownership else {}),
                 },
-                steps=(root_steps.host_dir_step(bm, idmap, chown_recursive=self.chown_recursive),),
+                steps=(root_steps.host_dir_step(bm, idmap),),
                 precondition="host",
             )
 
@@ -643,7 +641,12 @@ def _host_dir_need(
         return (
             True,
             f"owned by {have} on the host; container uid {bm.owner_uid} is host uid "
-            f"{want.split(':')[0]} in an unprivileged container",
+            f"{want.split(':')[0]} in an unprivileged container"
+            + (
+                "; taking ownership (take_ownership = true)"
+                if bm.take_ownership
+                else "; refused on the node if it is not empty (set take_ownership = true)"
+            ),
             before,
         )
     if fact.mode is not None and fact.mode.lstrip("0") != bm.mode.lstrip("0"):
@@ -658,28 +661,29 @@ def render_text(p: Plan, *, root_via: str = "") -> str:
     """Terraform-like text: one line per action, the keys that change, a summary."""
     lines: list[str] = []
     for r in p.refused:
-        lines.append(f"  ! refused: {r}")
+        lines.append(f"  ! refused: {display(r)}")
     if p.refused:
         lines.append("")
     for a in p.actions:
         sym = a.change.symbol
-        lines.append(f"  {sym:<3} {a.id}  {a.target}  [{a.actor.value}]")
+        lines.append(f"  {sym:<3} {display(a.id)}  {display(a.target)}  [{a.actor.value}]")
         if a.reason:
-            lines.append(f"        # {a.reason}")
+            lines.append(f"        # {display(a.reason)}")
         keys = list(dict.fromkeys([*a.before.keys(), *a.after.keys()]))
         for k in keys:
             b = a.before.get(k)
             af = a.after.get(k)
             if k in a.before and k in a.after and b == af:
                 continue
+            kd = display(k)
             if b is None and (a.change is Change.CREATE or k not in a.before):
-                lines.append(f"        {k} = {_show(af)}")
+                lines.append(f"        {kd} = {_show(af)}")
             elif af is None:
-                lines.append(f"        - {k} = {_show(b)}")
+                lines.append(f"        - {kd} = {_show(b)}")
             else:
-                lines.append(f"        {k}: {_show(b)} -> {_show(af)}")
+                lines.append(f"        {kd}: {_show(b)} -> {_show(af)}")
     for w in p.warnings:
-        lines.append(f"  warning: {w}")
+        lines.append(f"  warning: {display(w)}")
     count = {c: sum(1 for a in p.actions if a.change is c) for c in Change}
     by_actor = {ac: len(p.by_actor(ac)) for ac in Actor}
     if not p.actions:
@@ -700,8 +704,7 @@ def render_text(p: Plan, *, root_via: str = "") -> str:
 def _show(v: str | None) -> str:
     if v is None:
         return "(none)"
-    text = str(v).replace("\n", "\\n")
-    return f'"{text}"'
+    return f'"{display(str(v))}"'
 
 
 def is_marked(config: Mapping[str, str]) -> bool:

@@ -21,6 +21,7 @@ from pvelab.cli import app as lab_app
 from pvestack import __version__
 from pvestack import _daytwo as daytwo
 from pvestack import _engine as engine
+from pvestack._commands import display
 from pvestack._config import DEFAULT_FILE, StackFile, json_schema, load_config
 from pvestack._errors import ConfigError, PvestackError
 from pvestack._model import Action, Actor
@@ -48,10 +49,6 @@ AdoptOpt = Annotated[
 ]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="do NOT verify the node's TLS certificate (test only)")
-]
-ChownOpt = Annotated[
-    bool,
-    typer.Option("--chown-recursive", help="chown host bind-mount dirs recursively (default: top)"),
 ]
 ApiUrlOpt = Annotated[str | None, typer.Option("--api-url", help="overrides pve.api_url")]
 TokenIdOpt = Annotated[str | None, typer.Option("--token-id", help="overrides pve.token_id")]
@@ -81,13 +78,13 @@ def _fail(e: PvestackError) -> None:
     if isinstance(e, ConfigError):
         err.print(f"[bold red]error:[/] the stack file has {len(e.problems)} problem(s):")
         for p in e.problems:
-            err.print(f"  {p}", markup=False)
+            err.print(f"  {display(str(p))}", markup=False)
     else:
         err.print("[bold red]error:[/] ", end="")
-        err.print(str(e), markup=False)
+        err.print(display(str(e), keep_newlines=True), markup=False)
         if e.hint:
             err.print("[yellow]hint:[/] ", end="")
-            err.print(e.hint, markup=False)
+            err.print(display(e.hint, keep_newlines=True), markup=False)
     raise typer.Exit(1)
 
 
@@ -106,7 +103,7 @@ def _load(config: Path, **flags: str | None) -> StackFile:
 def _client(cfg: StackFile, insecure: bool) -> Any:
     client = _guard(lambda: engine.connect(cfg, insecure=insecure))
     for w in client.warnings:
-        err.print(f"[bold yellow]warning:[/] {w}", markup=True)
+        err.print(f"[bold yellow]warning:[/] {escape(display(w))}", markup=True)
     return client
 
 
@@ -127,7 +124,6 @@ def plan(
         bool,
         typer.Option("--detailed-exitcode", help="exit 0 no changes, 2 changes pending, 1 error"),
     ] = False,
-    chown_recursive: ChownOpt = False,
     insecure: InsecureOpt = False,
     api_url: ApiUrlOpt = None,
     token_id: TokenIdOpt = None,
@@ -145,13 +141,9 @@ def plan(
     root = engine.open_root_transport(cfg) if cfg.root.via == "ssh" else None
     reader = engine.TransportFactReader(root.transport) if root and root.transport else None
     if root is not None and root.transport is None:
-        err.print("[bold yellow]warning:[/] host facts not read: " + escape(root.reason))
+        err.print("[bold yellow]warning:[/] host facts not read: " + escape(display(root.reason)))
     try:
-        result = _guard(
-            lambda: engine.plan(
-                cfg, client, adopt=adopt, chown_recursive=chown_recursive, reader=reader
-            )
-        )
+        result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, reader=reader))
     finally:
         if root and root.transport:
             root.transport.close()
@@ -161,7 +153,7 @@ def plan(
         data["api_calls"] = result.api_calls
         _print_json(data)
     else:
-        out.print(f"pvestack plan: {cfg.source_file}", markup=False)
+        out.print(f"pvestack plan: {display(cfg.source_file)}", markup=False)
         out.print(render_text(p, root_via=cfg.root.via), markup=False)
     if p.refused:  # a guest blocks a stack: the user must act
         raise typer.Exit(1)
@@ -173,21 +165,24 @@ def plan(
 
 
 def _progress(a: Action, phase: str, detail: str) -> None:
-    line = f"{a.change.symbol} {a.id} [{a.actor.value}] {a.target}"
+    line = display(f"{a.change.symbol} {a.id} [{a.actor.value}] {a.target}")
+    aid = display(a.id)
+    if phase != "progress":
+        detail = display(detail)
     if phase == "progress":
         if a.actor is not Actor.API and detail.strip():  # root/guest output, masked
-            err.print(f"    [dim]│ {escape(detail.rstrip())}[/]")
+            err.print(f"    [dim]│ {escape(display(detail.rstrip(), keep_newlines=True))}[/]")
     elif phase == "start":
         err.print(f"[cyan]…[/] {escape(line)}")
     elif phase == "done":
-        err.print(f"[green]✓[/] {escape(a.id)}")
+        err.print(f"[green]✓[/] {escape(aid)}")
     elif phase == "skipped":
-        err.print(f"[green]=[/] {escape(a.id)}: {escape(detail)}")
+        err.print(f"[green]=[/] {escape(aid)}: {escape(detail)}")
     elif phase == "pending":
         tag = escape(f"[{a.actor.value}]")
-        err.print(f"[yellow]⏸[/] {escape(a.id)} {tag}: pending ({escape(detail)})")
+        err.print(f"[yellow]⏸[/] {escape(aid)} {tag}: pending ({escape(detail)})")
     elif phase == "failed":
-        err.print(f"[red]✗[/] {escape(a.id)}: {escape(detail)}")
+        err.print(f"[red]✗[/] {escape(aid)}: {escape(detail)}")
 
 
 @app.command()
@@ -196,7 +191,6 @@ def apply(
     config: ConfigOpt = Path(DEFAULT_FILE),
     json_out: JsonOpt = False,
     adopt: AdoptOpt = False,
-    chown_recursive: ChownOpt = False,
     insecure: InsecureOpt = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")] = False,
     no_verify: Annotated[
@@ -218,16 +212,12 @@ def apply(
     client = _client(cfg, insecure)
     root = engine.open_root_transport(cfg)
     if root.transport is None and root.via == "ssh":
-        err.print("[bold yellow]warning:[/] " + escape(root.reason))
+        err.print("[bold yellow]warning:[/] " + escape(display(root.reason)))
     report: Any = None
     script: str | None = None
     try:
         reader = engine.TransportFactReader(root.transport) if root.transport else None
-        result = _guard(
-            lambda: engine.plan(
-                cfg, client, adopt=adopt, chown_recursive=chown_recursive, reader=reader
-            )
-        )
+        result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, reader=reader))
         p = result.plan
         if not json_out:
             out.print(render_text(p, root_via=cfg.root.via), markup=False)
@@ -242,9 +232,7 @@ def apply(
         if res.pending and cfg.root.via == "console" and res.exit_code == 3:
             # the token's part changed the node (e.g. started the CT): the script comes
             # from a fresh plan, so it holds what is needed now (the reboot, for one)
-            fresh = _guard(
-                lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
-            ).plan
+            fresh = _guard(lambda: engine.plan(cfg, client, adopt=adopt)).plan
             script = _console_script_or_none(fresh, cfg)
             if script and not json_out and sys.stdin.isatty():
                 poll = engine.root_effects_missing(client, fresh)
@@ -255,9 +243,7 @@ def apply(
                     )
                 )
                 script = None  # printed, and its effects seen
-                p = _guard(
-                    lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive)
-                ).plan
+                p = _guard(lambda: engine.plan(cfg, client, adopt=adopt)).plan
                 out.print(render_text(p, root_via=cfg.root.via), markup=False)
                 res = (
                     _guard(lambda: engine.apply(p, client, root=root, on_progress=progress))
@@ -293,7 +279,7 @@ def apply(
         f"{sum(1 for r in res.results if r.outcome is engine.Outcome.FAILED)} failed."
     )
     if res.pending:
-        out.print(f"Root steps pending: {res.pending_reason}", markup=False)
+        out.print(f"Root steps pending: {display(res.pending_reason)}", markup=False)
         if script:
             out.print("\n# --- run this in the node's shell (as root), then apply again ---")
             out.print(script, markup=False)
@@ -326,7 +312,6 @@ def console_script(
     *,
     config: ConfigOpt = Path(DEFAULT_FILE),
     adopt: AdoptOpt = False,
-    chown_recursive: ChownOpt = False,
     insecure: InsecureOpt = False,
     api_url: ApiUrlOpt = None,
     token_id: TokenIdOpt = None,
@@ -340,7 +325,7 @@ def console_script(
         ca_file=ca_file, node=node,
     )  # fmt: skip
     client = _client(cfg, insecure)
-    result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, chown_recursive=chown_recursive))
+    result = _guard(lambda: engine.plan(cfg, client, adopt=adopt))
     root_actions = result.plan.by_actor(Actor.ROOT)
     in_script, left = engine.console_actions(result.plan)
     if not in_script and not left:
@@ -357,7 +342,7 @@ def console_script(
     sys.stdout.write(script)
     for a in left:
         err.print(
-            f"not in the script: {escape(a.id)} (it carries a secret or waits for one: "
+            f"not in the script: {escape(display(a.id))} (it carries a secret or waits for one: "
             'it needs root.via = "ssh")'
         )
 
@@ -387,18 +372,18 @@ def destroy(
     dp = _guard(lambda: engine.destroy_plan(cfg, client))
     show = err if json_out else out
     for r in dp.refused:
-        show.print(f"  ! refused: {r}", markup=False)
+        show.print(f"  ! refused: {display(r)}", markup=False)
     for name in dp.absent:
-        show.print(f"  = {name}: no container, nothing to destroy", markup=False)
+        show.print(f"  = {display(name)}: no container, nothing to destroy", markup=False)
     for t in dp.targets:
         show.print(
-            f"  - lxc/{t.vmid} on {t.node} ({t.hostname}, stack {t.stack}, {t.status})",
+            display(f"  - lxc/{t.vmid} on {t.node} ({t.hostname}, stack {t.stack}, {t.status})"),
             markup=False,
         )
         for v in t.volumes:
-            show.print(f"        volume DELETED with it: {v}", markup=False)
+            show.print(f"        volume DELETED with it: {display(v)}", markup=False)
         for b in t.bind_mounts:
-            show.print(f"        {b}", markup=False)
+            show.print(f"        {display(b)}", markup=False)
         if t.protected:
             show.print(
                 "        protection=1: PVE refuses to delete it; pvestack leaves it", markup=False
@@ -414,16 +399,16 @@ def destroy(
             err.print("[bold red]error:[/] destroy needs --yes when not run from a terminal")
             raise typer.Exit(1)
         typer.confirm("Destroy the containers above?", abort=True)
-    res = engine.destroy(dp, client, on_progress=lambda m: err.print(m, markup=False))
+    res = engine.destroy(dp, client, on_progress=lambda m: err.print(display(m), markup=False))
     if json_out:
         _print_json({**dp.to_json(), "result": res.to_json()})
     else:
         for d in res.done:
-            out.print(f"destroyed {d}", markup=False)
+            out.print(f"destroyed {display(d)}", markup=False)
         for s in res.skipped:
-            out.print(f"kept {s}", markup=False)
+            out.print(f"kept {display(s)}", markup=False)
         for f in res.failed:
-            err.print(f"[red]failed[/] {f}")
+            err.print(f"[red]failed[/] {escape(display(f))}")
     raise typer.Exit(res.exit_code)
 
 
@@ -465,11 +450,12 @@ def verify(
 def _print_verify(report: Any) -> None:
     for r in report.results:
         colour = {"pass": "green", "fail": "red", "skip": "yellow"}.get(r.status.value, "white")
-        out.print(f"[{colour}]{r.status.value:>4}[/] {escape(r.stack)}: {escape(r.title)}")
+        stack, title = escape(display(r.stack)), escape(display(r.title))
+        out.print(f"[{colour}]{r.status.value:>4}[/] {stack}: {title}")
         if r.evidence:
-            out.print(f"       {r.evidence}", markup=False)
+            out.print(f"       {display(r.evidence, keep_newlines=True)}", markup=False)
         if r.fix and r.status.value == "fail":
-            out.print(f"       fix: {r.fix}", markup=False)
+            out.print(f"       fix: {display(r.fix, keep_newlines=True)}", markup=False)
 
 
 # ---------------------------------------------------------------- schema / version

@@ -62,8 +62,8 @@ def test_each_problem_has_file_line_and_key(example_text: str) -> None:
     assert "inline" in by_key["pve.token_secret"][1]
     assert lines[by_key["pve.token_secret"][0] - 1].startswith("token_secret")
     assert lines[by_key["stack[0].cores"][0] - 1] == "cores = 0"
-    assert "absolute" in by_key["stack[0].mount[1]"][1]
-    assert by_key["stack[0].mount[1]"][0] is not None
+    assert "absolute" in by_key["stack[0].mount[1].path"][1]
+    assert by_key["stack[0].mount[1].path"][0] is not None
     assert lines[by_key["stack[0].network.bogus"][0] - 1] == "bogus = 1"
     assert "unknown key" in by_key["stack[0].network.bogus"][1]
     # the secret never appears in a message
@@ -76,10 +76,10 @@ def test_each_problem_has_file_line_and_key(example_text: str) -> None:
         (
             'host_path = "/mnt/pve/hdd/hermes"',
             'host_path = "/mnt/../etc"',
-            "stack[0].mount[0]",
+            "stack[0].mount[0].host_path",
             "'..'",
         ),
-        ('path = "/data"', 'path = "/"', "stack[0].mount[0]", "must not be /"),
+        ('path = "/data"', 'path = "/"', "stack[0].mount[0].path", "must not be /"),
         ("vmid = 118", "vmid = 5", "stack[0].vmid", "between 100"),
         ('ipv4 = "dhcp"', 'ipv4 = "10.0.0.5"', "stack[0].network", "CIDR"),
         (

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_custom_map_non_root_owner() -> None:
     assert root.host_owner(m, CUSTOM) == (52000, 61500)
     assert root.host_owner(bm(owner_uid=5, owner_gid=5), CUSTOM) == (300005, 300005)
     step = root.host_dir_step(m, CUSTOM)
-    assert ("chown", "--", "52000:61500", "/srv/app data") in [c.argv for c in step.commands]
+    (make,) = step.commands
+    assert make.argv[-4:] == ("/srv/app data", "52000:61500", "755", "0")
 
 
 def test_unmapped_owner_is_a_config_error() -> None:
@@ -86,11 +88,15 @@ def test_unmapped_owner_is_a_config_error() -> None:
         root.host_dir_step(bm(owner_uid=10000, owner_gid=0), small)
 
 
-def test_chown_recursive_only_on_request() -> None:
-    plain = root.host_dir_step(bm(), IdMap())
-    rec = root.host_dir_step(bm(), IdMap(), chown_recursive=True)
-    assert not any("-R" in c.argv for c in plain.commands)
-    assert any(c.argv[:2] == ("chown", "-R") for c in rec.commands)
+def test_never_a_recursive_chown() -> None:
+    for step in (
+        root.host_dir_step(bm(), IdMap()),
+        root.host_dir_step(bm(take_ownership=True), IdMap()),
+    ):
+        for c in (*step.commands, step.guard):
+            assert c is not None
+            assert "-R" not in c.argv
+            assert "chown -R" not in " ".join(c.argv) and "chown -r" not in " ".join(c.argv)
 
 
 # ---------------------------------------------------------------- validation
@@ -150,7 +156,7 @@ def all_steps() -> list[Step]:
     m = bm("/srv/it's here", "/opt/app", owner_uid=2000, owner_gid=1500, mode="2770")
     return [
         root.host_dir_step(m, CUSTOM),
-        root.host_dir_step(m, CUSTOM, chown_recursive=True),
+        root.host_dir_step(replace(m, take_ownership=True), CUSTOM),
         root.pct_set_step(118, {"features": "keyctl=1,nesting=1", "mp0": m.pve_value}, ["mp1"]),
         root.idmap_step(118, CUSTOM),
         root.reboot_step(118),
@@ -207,22 +213,26 @@ def test_host_dir_step_runs_then_is_a_noop(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_existing_data_is_not_chowned_without_recursive(tmp_path: Path) -> None:
+def test_existing_foreign_data_needs_take_ownership(tmp_path: Path) -> None:
     target = tmp_path / "data"
     target.mkdir()
     (target / "keep.db").write_text("x")
     m = bm(str(target), "/opt/app", owner_uid=10000, owner_gid=10000)
-    run_step(root.host_dir_step(m, IdMap()))
+    step = root.host_dir_step(m, IdMap())
+    (make,) = step.commands
+    r = subprocess.run(make.line, shell=True, capture_output=True, text=True, check=False)
+    assert r.returncode == 3 and "take_ownership" in r.stderr
+    assert stat_of(target)[:2] == (0, 0)  # refused: untouched
+    taking = root.host_dir_step(replace(m, take_ownership=True), IdMap())
+    assert run_step(taking) is True
     assert stat_of(target)[:2] == (110000, 110000)
-    assert stat_of(target / "keep.db")[:2] == (0, 0)
-    # asked for recursive: the content is chowned too, even though the dir is right
-    rec = root.host_dir_step(m, IdMap(), chown_recursive=True)
-    assert run_step(rec) is True
-    assert stat_of(target / "keep.db")[:2] == (110000, 110000)
-    assert run_step(rec) is False
-    os.chown(target / "keep.db", 110000, 0)  # a wrong group alone is seen too
-    assert run_step(rec) is True
-    assert stat_of(target / "keep.db")[:2] == (110000, 110000)
+    assert stat_of(target / "keep.db")[:2] == (0, 0)  # the content never
+    assert run_step(step) is False  # now ours: done, without the opt-in too
+    # an empty directory of someone else's is simply taken
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_step(root.host_dir_step(bm(str(empty), "/opt/x"), IdMap())) is True
+    assert stat_of(empty)[:2] == (100000, 100000)
 
 
 def write_conf(path: Path, extra: str = "") -> None:

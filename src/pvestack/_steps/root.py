@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from pvestack._commands import Command, Step, cmd
+from pvestack._config import system_path_reason
 from pvestack._errors import ConfigError, Problem
 from pvestack._model import BindMount, IdMap
 
@@ -40,7 +41,7 @@ def _path_problems(path: str, what: str, *, allow_root: bool) -> list[str]:
     out: list[str] = []
     if not path:
         return [f"{what} is empty"]
-    if any(c in path for c in "\0\n\r"):
+    if not all(c.isprintable() or c == " " for c in path):
         out.append(f"{what} {path!r} contains a control character")
     if not path.startswith("/"):
         out.append(f"{what} {path!r} is relative: use an absolute path starting with /")
@@ -67,6 +68,8 @@ def bind_mount_problems(
     msgs += _path_problems(mount.host_path, "host path", allow_root=True)
     if mount.host_path.rstrip("/") == "" and mount.host_path.startswith("/"):
         msgs.append("host path is '/': bind-mounting the node's root filesystem is not allowed")
+    elif mount.host_path.startswith("/") and (why := system_path_reason(mount.host_path)):
+        msgs.append(why)
     msgs += _path_problems(mount.ct_path, "container path", allow_root=False)
     if not re.fullmatch(r"0?[0-7]{3,4}", mount.mode):
         msgs.append(f"mode {mount.mode!r} is not an octal mode like 0750")
@@ -138,41 +141,75 @@ def _sh(script: str, *args: str) -> Command:
     return cmd("sh", "-c", script, "sh", *args)
 
 
-_DIR_GUARD = 'test -d "$1" && test ! -L "$1" && test "$(stat -c %u:%g:%a -- "$1")" = "$2"'
-# recursive: also nothing inside owned by anyone else
-_DIR_GUARD_R = (
-    _DIR_GUARD + ' && test -z "$(find "$1" -xdev ! -user "$3" -print -quit)"'
-    ' && test -z "$(find "$1" -xdev ! -group "$4" -print -quit)"'
+# Host paths never follow a symbolic link, in ANY component: checked on the node, as
+# root, when the step runs (the guard and the command), not only in the stack file.
+_NO_SYMLINK = r"""no_symlink() { # PATH: fails when a component of PATH is a symlink or no dir
+  cur=; rest=${1#/}
+  while [ -n "$rest" ]; do
+    comp=${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    [ -n "$comp" ] || continue
+    cur=$cur/$comp
+    if [ -L "$cur" ]; then
+      echo "refused: $cur is a symbolic link (pvestack never follows one in a host path)" >&2
+      return 3
+    fi
+    [ -e "$cur" ] || return 0
+    if [ ! -d "$cur" ]; then echo "refused: $cur is not a directory" >&2; return 3; fi
+  done
+}
+"""
+
+_DIR_GUARD = (
+    "set -u\n"
+    + _NO_SYMLINK
+    + 'no_symlink "$1" 2>/dev/null || exit 1\n'
+    + 'test -d "$1" && test "$(stat -c %u:%g:%a -- "$1")" = "$2"'
+)
+
+_DIR_MAKE = (
+    "set -eu\npath=$1; want=$2; mode=$3; take=$4\n"
+    + _NO_SYMLINK
+    + r"""no_symlink "$path" || exit 3
+if [ -d "$path" ]; then
+  have=$(stat -c %u:%g -- "$path")
+  if [ "$have" != "$want" ] && [ "$take" != 1 ] \
+    && [ -n "$(find "$path" -mindepth 1 -maxdepth 1 -print -quit)" ]; then
+    echo "refused: $path is not empty and belongs to $have, not $want: pvestack does not" \
+      "take it over (set take_ownership = true on this mount to chown the directory" \
+      "itself, never its content)" >&2
+    exit 3
+  fi
+else
+  mkdir -p -- "$path"
+fi
+no_symlink "$path" || exit 3
+chown -h -- "$want" "$path"
+chmod -- "$mode" "$path"
+"""
 )
 
 
-def host_dir_step(mount: BindMount, idmap: IdMap, *, chown_recursive: bool = False) -> Step:
+def host_dir_step(mount: BindMount, idmap: IdMap) -> Step:
     """The host directory of a bind mount: made, owned by the mapped owner, with its mode.
 
-    Only the directory itself is chowned; its content only with ``chown_recursive``.
+    Only the directory itself is ever chowned, never its content. An existing,
+    non-empty directory owned by someone else is refused unless the mount says
+    ``take_ownership``. A symlink in any component of the path is refused.
     """
     validate_bind_mount(mount, idmap)
     uid, gid = host_owner(mount, idmap)
     mode = normal_mode(mount.mode)
     path = mount.host_path
     owner = f"{uid}:{gid}"
-    chown = ("chown", "-R", "--", owner, path) if chown_recursive else ("chown", "--", owner, path)
+    take = ", taking ownership of the existing directory" if mount.take_ownership else ""
     return Step(
         id=f"host-dir:{mount.key}:{path}",
         description=(
-            f"{path} owned by {owner} (uid {mount.owner_uid} in the container), mode {mode}"
-            + (", recursively" if chown_recursive else "")
+            f"{path} owned by {owner} (uid {mount.owner_uid} in the container), mode {mode}{take}"
         ),
-        guard=(
-            _sh(_DIR_GUARD_R, path, f"{owner}:{mode}", str(uid), str(gid))
-            if chown_recursive
-            else _sh(_DIR_GUARD, path, f"{owner}:{mode}")
-        ),
-        commands=(
-            cmd("mkdir", "-p", "--", path),
-            cmd(*chown),
-            cmd("chmod", "--", mode, path),
-        ),
+        guard=_sh(_DIR_GUARD, path, f"{owner}:{mode}"),
+        commands=(_sh(_DIR_MAKE, path, owner, mode, "1" if mount.take_ownership else "0"),),
     )
 
 

@@ -31,8 +31,8 @@ from typing import Annotated, Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pvestack._commands import Secret
-from pvestack._config import StackSection
+from pvestack._commands import Secret, comment
+from pvestack._config import StackSection, check_path
 from pvestack._errors import ConfigError, Problem, SecretError
 from pvestack._model import AppFile, AppSpec, ImageSource, frozen_map
 
@@ -90,27 +90,27 @@ class _AppBase(_Strict):
     project_dir: str = ""
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     memory_limit: str | None = Field(default=None, description="compose mem_limit, e.g. 3g")
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("project_dir")
     @classmethod
     def _abs_dir(cls, v: str) -> str:
-        if v and not v.startswith("/"):
-            raise ValueError("must be an absolute path in the container")
+        if v:
+            check_path(v, "project_dir")
         return v.rstrip("/") or v
 
     @field_validator("memory_limit")
     @classmethod
     def _size(cls, v: str | None) -> str | None:
-        if v is not None and not _SIZE.match(v):
+        if v is not None and not _SIZE.fullmatch(v):
             raise ValueError("a size like 512m or 3g")
         return v
 
     @field_validator("image_tarball")
     @classmethod
     def _tarball(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("an image tarball path may not be empty")
+        if v is not None:
+            check_path(v, "image_tarball", absolute=False, pve=False)
         return v
 
     def image_ref(self, default: str) -> str:
@@ -167,7 +167,7 @@ class HermesApp(_AppBase):
     @field_validator("gateway_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
             raise ValueError("an http(s) URL such as http://gateway:4000/v1")
         if v.endswith("/"):
             raise ValueError("no trailing slash (Hermes joins paths itself)")
@@ -176,7 +176,7 @@ class HermesApp(_AppBase):
     @field_validator("key_env")
     @classmethod
     def _env_name(cls, v: str) -> str:
-        if not _ENV_NAME.match(v):
+        if not _ENV_NAME.fullmatch(v):
             raise ValueError("an environment variable name")
         return v
 
@@ -184,31 +184,33 @@ class HermesApp(_AppBase):
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not _ENV_NAME.match(k):
+            if not _ENV_NAME.fullmatch(k):
                 raise ValueError(f"{k!r} is not an environment variable name")
-            if "\n" in val:
-                raise ValueError(f"{k}: a value on one line")
+            if not val.isprintable():
+                raise ValueError(f"{k}: a value on one line, without control characters")
         return v
 
     @field_validator("provider", "container")
     @classmethod
     def _ident(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", v):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", v):
             raise ValueError("lowercase letters, digits, '.', '_' or '-'")
         return v
 
     @field_validator("data_dir", "workspace")
     @classmethod
     def _abs(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must be an absolute path")
+        check_path(v, "path")
+        if ":" in v:  # compose reads "HOST:CONTAINER" volume specs
+            raise ValueError(f"{v!r}: an absolute path without ':'")
         return v.rstrip("/") or v
 
     @field_validator("mounts")
     @classmethod
     def _abs_mounts(cls, v: list[str] | None) -> list[str] | None:
         for p in v or []:
-            if not p.startswith("/") or ":" in p:
+            check_path(p, "mount")
+            if ":" in p:
                 raise ValueError(f"{p!r}: an absolute container path without ':'")
             if p.rstrip("/") == "/opt/data":
                 raise ValueError("/opt/data is the data dir's mount point")
@@ -217,7 +219,7 @@ class HermesApp(_AppBase):
     @field_validator("shm_size")
     @classmethod
     def _shm(cls, v: str) -> str:
-        if not _SIZE.match(v):
+        if not _SIZE.fullmatch(v):
             raise ValueError("a size like 1g")
         return v
 
@@ -310,12 +312,16 @@ def load_app(raw: Mapping[str, Any], *, stack_name: str) -> AppConfig:
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=(), default=False),
         keep_trailing_newline=True,
     )
+    # data in a template is a YAML scalar (``tojson``) or the text of a comment (``comment``:
+    # no newline or control character can end the comment line); never pasted raw
+    env.filters["comment"] = comment
+    return env
 
 
 def _render(template: str, **ctx: Any) -> str:

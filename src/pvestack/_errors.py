@@ -14,9 +14,11 @@ and, when present, ``err.hint``; it never prints a traceback for these.
     │   ├── PveNotFoundError   404 / "does not exist"
     │   ├── PveParamError      400 (``errors`` holds PVE's per-parameter texts)
     │   └── PveTaskError       a task (UPID) ended with an error exit status
-    ├── TransportError         the API or SSH could not be reached / TLS failure
+    ├── TransportError         the API or SSH could not be reached
+    │   ├── TlsError           the node's TLS certificate did not verify (never retried)
     │   └── HostKeyError       SSH host key unknown or mismatched
     ├── OwnershipError         the guest is not ours (no mark) and --adopt was not given
+    ├── PreconditionError      the world changed since the plan: the executor refused
     ├── ReplacementRequired    a key PVE cannot change (e.g. ``unprivileged``) differs
     ├── RootStepError          a root or guest command failed (command, exit code, stderr; masked)
     ├── WaitTimeout            a wait (task, console hand-off, boot) ran out of time
@@ -117,8 +119,17 @@ class TransportError(PvestackError):
     pass
 
 
+class TlsError(TransportError):
+    """The node's certificate did not verify (never retried)."""
+
+
 class HostKeyError(TransportError):
     pass
+
+
+class PreconditionError(PvestackError):
+    """An action's precondition no longer holds just before it runs (the plan is stale).
+    Nothing was touched."""
 
 
 class OwnershipError(PvestackError):

@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from pvestack._client import PveClient
 from pvestack._errors import PveError
 from pvestack._model import (
-    MARK_LINE_PREFIX,
     MARK_TAG,
     DesiredState,
     GuestSummary,
@@ -29,7 +28,9 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
     StackSpec,
+    mark_owner,
 )
+from pvestack._pvevalues import parse_tags
 
 
 class FactReader(Protocol):
@@ -41,25 +42,6 @@ class FactReader(Protocol):
         """What the app's recipe needs to see inside the running guest (files, images,
         services), as ``key -> value`` facts."""
         ...
-
-
-def parse_tags(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    text = str(value).replace(",", ";").replace(" ", ";")
-    return tuple(sorted({t.strip().lower() for t in text.split(";") if t.strip()}))
-
-
-def mark_owner(config: Mapping[str, str]) -> str | None:
-    """The stack named by our mark (tag ``pvestack`` and the description line), or None."""
-    if MARK_TAG not in parse_tags(config.get("tags")):
-        return None
-    for raw in str(config.get("description", "")).splitlines():
-        line = raw.strip()
-        if line.startswith(MARK_LINE_PREFIX):
-            name = line[len(MARK_LINE_PREFIX) :].strip()
-            return name or None
-    return None
 
 
 def guest_summaries(rows: Any) -> tuple[GuestSummary, ...]:

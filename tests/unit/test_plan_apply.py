@@ -12,7 +12,16 @@ from typing import Any
 from pvestack._commands import Command, Payload, Secret, Step, cmd, mask
 from pvestack._engine import Outcome, RootAccess, apply
 from pvestack._errors import RootStepError
-from pvestack._model import Action, Actor, Change, Plan
+from pvestack._model import (
+    Action,
+    ActionKind,
+    Actor,
+    Change,
+    HostDirState,
+    Plan,
+    Target,
+    TargetKind,
+)
 from pvestack.executors._base import CommandOutput
 
 
@@ -52,13 +61,14 @@ class LocalTransport:
 def root_action(aid: str, *steps: Step, stack: str = "s", actor: Actor = Actor.ROOT) -> Action:
     return Action(
         id=aid,
+        kind=ActionKind.HOST_DIR,
         change=Change.CREATE,
-        target="node:/tmp",
+        target=Target(TargetKind.HOST_PATH, "node", None, "/tmp"),
         actor=actor,
         reason="test",
         stack=stack,
         steps=steps,
-        precondition="host",
+        precondition=HostDirState("/tmp"),
     )
 
 

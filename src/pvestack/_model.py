@@ -383,13 +383,16 @@ class TemplateAbsent:
 
 @dataclass(frozen=True)
 class Absent:
-    """No guest at ``vmid`` (ours already there: skipped, resumed; any other: refused)."""
+    """No guest at ``vmid`` (ours already there: skipped, resumed; any other: refused),
+    and the template to create it from on its storage (``volid``; gone: refused)."""
 
     vmid: int
     stack: str
+    storage: str = ""
+    volid: str = ""
 
     def __str__(self) -> str:
-        return f"vmid {self.vmid} free"
+        return f"vmid {self.vmid} free" + (f", {self.volid} present" if self.volid else "")
 
 
 @dataclass(frozen=True)

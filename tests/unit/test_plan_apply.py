@@ -158,3 +158,77 @@ def test_failure_stops_the_stack_and_is_masked(tmp_path: Path) -> None:
     assert outcomes["other:ok"].outcome is Outcome.DONE
     assert res.exit_code == 1
     assert not (tmp_path / "after").exists() and (tmp_path / "other").is_dir()
+
+
+# ---------------------------------------------------------------- HostDirState, re-checked
+
+
+def host_dir_action(path: Path, state: HostDirState) -> Action:
+    return Action(
+        id="s:host:mp0",
+        kind=ActionKind.HOST_DIR,
+        change=Change.CREATE,
+        target=Target(TargetKind.HOST_PATH, "node", 118, str(path)),
+        actor=Actor.ROOT,
+        reason="test",
+        stack="s",
+        steps=(mkdir_step(path),),
+        precondition=state,
+    )
+
+
+def test_host_dir_refused_when_a_component_became_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "mnt").symlink_to(real)
+    path = tmp_path / "mnt" / "data"
+    t = LocalTransport()
+    res = apply(
+        Plan(actions=(host_dir_action(path, HostDirState(str(path), exists=False)),)),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(t),
+    )
+    r = res.results[0]
+    assert r.outcome is Outcome.FAILED
+    assert f"{tmp_path / 'mnt'} is a symbolic link" in r.detail
+    assert t.ran == [] and list(real.iterdir()) == []
+    assert res.exit_code == 1
+
+
+def test_host_dir_refused_when_it_appeared_or_changed_owner(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.mkdir()
+    st = path.stat()
+    t = LocalTransport()
+    for state, text in (
+        (HostDirState(str(path), exists=False), "exists now"),
+        (HostDirState(str(path), True, st.st_uid + 1, st.st_gid), "the plan saw"),
+    ):
+        res = apply(Plan(actions=(host_dir_action(path, state),)), None, root=RootAccess(t))  # type: ignore[arg-type]
+        assert res.results[0].outcome is Outcome.FAILED and text in res.results[0].detail
+    assert t.ran == []
+    # as planned: it runs (the guard sees the directory: already done)
+    res = apply(
+        Plan(actions=(host_dir_action(path, HostDirState(str(path), True, st.st_uid, st.st_gid)),)),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(t),
+    )
+    assert res.results[0].outcome is Outcome.SKIPPED
+
+
+def test_host_dir_refused_when_a_file_replaced_it(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_text("x")
+    res = apply(
+        Plan(
+            actions=(
+                host_dir_action(
+                    path,
+                    HostDirState(str(path)),
+                ),
+            )
+        ),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(LocalTransport()),
+    )
+    assert "is not a directory" in res.results[0].detail

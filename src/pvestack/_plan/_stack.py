@@ -160,7 +160,7 @@ class StackPlanner:
             target=c.target,
             actor=Actor.API,
             reason="no container at this vmid",
-            precondition=Absent(c.vmid, c.name),
+            precondition=Absent(c.vmid, c.name, ct.template.storage, ct.template.volid),
             stack=c.name,
             after=after,
             api=(ApiCall("POST", f"/nodes/{c.node}/lxc", params),),

@@ -77,10 +77,13 @@ class PreconditionChecker:
     # ---------------------------------------------------------------- API facts
 
     def _template_absent(self, node: str, pre: TemplateAbsent) -> Precheck:
-        rows = self.client.get(f"/nodes/{node}/storage/{pre.storage}/content", content="vztmpl")
-        if any(isinstance(r, dict) and r.get("volid") == pre.volid for r in rows or []):
+        if self._has_template(node, pre.storage, pre.volid):
             return Precheck(False, f"{pre.volid} is already there")
         return Precheck(True)
+
+    def _has_template(self, node: str, storage: str, volid: str) -> bool:
+        rows = self.client.get(f"/nodes/{node}/storage/{storage}/content", content="vztmpl")
+        return any(isinstance(r, dict) and r.get("volid") == volid for r in rows or [])
 
     def _absent(self, node: str, pre: Absent) -> Precheck:
         try:
@@ -93,6 +96,11 @@ class PreconditionChecker:
                 "not creating anything",
                 hint="run plan again; pvestack never touches a guest it did not create",
             ) from None
+        if pre.volid and not self._has_template(node, pre.storage, pre.volid):
+            raise PreconditionError(
+                f"the template {pre.volid} is no longer on {node}; not creating lxc/{pre.vmid}",
+                hint=_REPLAN + " (it downloads the template again)",
+            )
         return Precheck(True)
 
     def _owned(self, node: str, vmid: int, stack: str, *, adopt: bool) -> None:

@@ -65,7 +65,9 @@ def _runs(f: Path) -> int:
     return len(f.read_text().splitlines()) if f.exists() else 0
 
 
-def test_console_apply_with_hand_off_reads_each_secret_once(pve: Any, counted: dict[str, Any]) -> None:
+def test_console_apply_with_hand_off_reads_each_secret_once(
+    pve: Any, counted: dict[str, Any]
+) -> None:
     env = {**counted["env"], "PVESTACK_ROOT_VIA": "console"}
     cfg = parse_config(counted["text"], str(EXAMPLE), env=env)
     plans: list[Plan] = []

@@ -157,6 +157,8 @@ def test_failure_stops_the_stack_and_is_masked(tmp_path: Path) -> None:
     assert outcomes["s:after"].outcome is Outcome.PENDING
     assert outcomes["other:ok"].outcome is Outcome.DONE
     assert res.exit_code == 1
+    # pending because of the failure, and it says so (no bare "pending:" line)
+    assert res.pending_reason == "an earlier step failed"
     assert not (tmp_path / "after").exists() and (tmp_path / "other").is_dir()
 
 

@@ -17,7 +17,6 @@ from pvestack._engine import ApplyHooks, Options, RootAccess, Session, apply_run
 from pvestack._model import Plan
 from pvestack.executors import CommandOutput
 
-
 pytestmark = pytest.mark.contract
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hermes.toml"

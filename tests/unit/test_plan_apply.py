@@ -234,3 +234,21 @@ def test_host_dir_refused_when_a_file_replaced_it(tmp_path: Path) -> None:
         root=RootAccess(LocalTransport()),
     )
     assert "is not a directory" in res.results[0].detail
+
+
+def test_guest_actions_go_through_the_guest_transport(tmp_path: Path) -> None:
+    """The seam for a transport that reaches the guest directly: the engine sends guest
+    steps to ``RootAccess.guest`` when set, root steps to the root transport."""
+    root_t, guest_t = LocalTransport(), LocalTransport()
+    p = Plan(
+        actions=(
+            root_action("s:dir", mkdir_step(tmp_path / "r")),
+            root_action("s:app", mkdir_step(tmp_path / "g"), actor=Actor.GUEST),
+        )
+    )
+    res = apply(p, None, root=RootAccess(root_t, guest=guest_t))  # type: ignore[arg-type]
+    assert [r.outcome for r in res.results] == [Outcome.DONE, Outcome.DONE]
+    assert root_t.ran == [f"mkdir -p {tmp_path / 'r'}"]
+    assert guest_t.ran == [f"mkdir -p {tmp_path / 'g'}"]
+    # without one, the root transport carries them (pct exec/push)
+    assert RootAccess(root_t).guest_transport is root_t

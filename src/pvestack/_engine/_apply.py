@@ -18,7 +18,7 @@ from pvestack._client import PveClient
 from pvestack._engine._session import RootAccess
 from pvestack._errors import PvestackError, ReplacementRequired
 from pvestack._model import Action, Actor, Change, Plan
-from pvestack.executors import ApiExecutor, PreconditionChecker
+from pvestack.executors import ApiExecutor, GuestTransport, PreconditionChecker, RootTransport
 
 
 class Outcome(StrEnum):
@@ -125,17 +125,20 @@ class _Run:
         if a.actor is Actor.GUEST and a.stack in self.blocked:
             self.note(a, Outcome.PENDING, "waits for this stack's root steps", t0)
             return True
-        if self.root.transport is None:
+        if self._transport(a) is None:
             self.blocked.add(a.stack)
             self.note(a, Outcome.PENDING, self.root.reason, t0)
             return True
         return False
 
+    def _transport(self, a: Action) -> RootTransport | GuestTransport | None:
+        return self.root.guest_transport if a.actor is Actor.GUEST else self.root.transport
+
     def _act(self, a: Action) -> bool:
         if a.actor is Actor.API:
             self.api.run(a, on_progress=self.relay(a))
             return True
-        transport = self.root.guest_transport if a.actor is Actor.GUEST else self.root.transport
+        transport = self._transport(a)
         assert transport is not None  # _waits saw one
         ran = False
         for step in a.steps:

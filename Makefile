@@ -43,6 +43,7 @@ demo: setup
 	scripts/demo.sh
 
 bench: setup
+	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/plan_calls.py
 	@if [ "$$(id -u)" = 0 ]; then $(PVESTACK) lab up >/dev/null && $(PY) benchmarks/lab_create.py; \
 	else echo "not root: skipping the lab benchmark"; fi

@@ -25,6 +25,7 @@ from fakepve import FakePve
 from fakepve.certs import make_cert
 
 from pvestack._config import parse_config
+from pvestack._desired import build_desired
 from pvestack._engine import RootAccess, apply, connect, plan
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hermes.toml"
@@ -91,7 +92,8 @@ def main() -> int:
             os.environ.update(env)
             cfg = parse_config(EXAMPLE.read_text(), str(EXAMPLE), env=env)
             client = connect(cfg)
-            first = plan(cfg, client, with_apps=False)
+            desired = build_desired(cfg, with_apps=False)
+            first = plan(desired, client)
             apply(first.plan, client, root=RootAccess(None, "benchmark: no root"))
             # what the root steps would have done (pct set features + bind mounts)
             ct = pve.ct(118)
@@ -102,7 +104,7 @@ def main() -> int:
             calls: list[int] = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
-                r = plan(cfg, client, with_apps=False)
+                r = plan(desired, client)
                 times.append(time.perf_counter() - t0)
                 calls.append(r.api_calls)
                 if r.plan.actions:

@@ -37,6 +37,7 @@ from pvestack._errors import (
     PveParamError,
     PvePermissionError,
     PveTaskError,
+    TlsError,
     TransportError,
     WaitTimeout,
 )
@@ -48,10 +49,6 @@ Params = Mapping[str, str | int]
 CallHook = Callable[[str, str, Mapping[str, Any]], None]
 
 _READ_RETRY_STATUS = (502, 503, 504, 595, 596)
-
-
-class TlsError(TransportError):
-    """The node's certificate did not verify (never retried)."""
 
 
 @dataclass(frozen=True)
@@ -195,13 +192,14 @@ class PveClient:
             raise TlsError(
                 f"TLS verification of {self.settings.api_url} failed ({self.settings.tls_mode}): "
                 f"{_short(e)}",
-                hint="check the pinned fingerprint (pvenode cert info) or the CA file; "
+                hint=f"check the pinned fingerprint of {_host_port(self.settings.api_url)} "
+                "(pvenode cert info on the node) or the CA file; "
                 "--insecure only for a throw-away test node",
             ) from None
         except requests.exceptions.RequestException as e:
             raise TransportError(
                 f"cannot reach the PVE API at {self.settings.api_url}: {_short(e)}",
-                hint="is the URL right and the node reachable (port 8006)?",
+                hint=f"is the URL right and {_host_port(self.settings.api_url)} reachable?",
             ) from None
 
     @staticmethod
@@ -355,3 +353,9 @@ def translate_resource_error(
     elif "protection mode enabled" in message:
         hint = "protection=1 is set: remove it first (pct set VMID -protection 0) if you mean it"
     return PveError(status, message, method=method, path=path, errors=errors, hint=hint)
+
+
+def _host_port(url: str) -> str:
+    """``host:port`` of the API URL as used (PVE's 8006 when the URL names no port)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 8006}"

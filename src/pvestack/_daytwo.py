@@ -20,14 +20,22 @@ PVE facts this module relies on (pve-container / pve-guest-common / pve-manager)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pvestack._client import PveClient
-from pvestack._errors import OwnershipError, PveError, PvestackError, PveTaskError
-from pvestack._observe import mark_owner, parse_tags
+from pvestack._errors import (
+    OwnershipError,
+    PveError,
+    PvestackError,
+    PveTaskError,
+    RollbackFailed,
+    SnapshotUnavailable,
+)
+from pvestack._model import mark_owner
+from pvestack._pvevalues import parse_tags
 
 SNAPSHOT_PREFIX = "pvestack-"
 _OURS = re.compile(r"^pvestack-(\d{8}T\d{6}Z)$")
@@ -44,24 +52,6 @@ PRIVILEGES = (
 )
 BackupMode = Literal["snapshot", "suspend", "stop"]
 Compression = Literal["zstd", "gzip", "0"]
-
-
-class SnapshotUnavailable(PvestackError):
-    """PVE cannot snapshot this CT (a bind mount, or a storage without snapshots)."""
-
-    def __init__(self, vmid: int, reasons: Sequence[str]) -> None:
-        self.reasons = tuple(reasons)
-        super().__init__(
-            f"CT {vmid} cannot be snapshotted (PVE: snapshot feature is not available): "
-            + "; ".join(reasons),
-            hint="take a backup instead: `pvestack backup STACK` (vzdump, mode snapshot "
-            "falls back to suspend; bind-mounted host directories are not in a backup either: "
-            "back them up on the host)",
-        )
-
-
-class RollbackFailed(PvestackError):
-    """A rollback task failed; the message says the CT's state and what to run."""
 
 
 @dataclass(frozen=True)

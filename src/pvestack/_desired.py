@@ -7,7 +7,6 @@ features/volume mounts, and what is compared with ``GET .../config``.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -21,7 +20,6 @@ from pvestack._errors import ConfigError, Problem, SecretError
 from pvestack._model import (
     MARK_LINE_PREFIX,
     MARK_TAG,
-    AppSpec,
     BindMount,
     ContainerSpec,
     DesiredState,
@@ -208,32 +206,6 @@ def container_spec(st: StackSection) -> ContainerSpec:
     )
 
 
-def _app_spec(cfg: StackFile, index: int, secrets: Mapping[str, Secret]) -> AppSpec | None:
-    """Render ``[stack.app]`` through the recipes when they exist (engineer H5's package)."""
-    st = cfg.stack[index]
-    if st.app is None:
-        return None
-    load_app = getattr(recipes, "load_app", None)
-    render_app = getattr(recipes, "render_app", None)
-    if load_app is None or render_app is None:
-        return None
-    try:
-        app_cfg = load_app(st.app, stack_name=st.name)
-        offered: dict[str, Any] = {
-            "stack_name": st.name,
-            "secrets": secrets,
-            "context": container_spec(st),
-            "stack": st,
-        }
-        params = inspect.signature(render_app).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
-        spec: Any = render_app(app_cfg, **kwargs)
-    except ConfigError as e:
-        raise ConfigError([_app_problem(cfg, index, p) for p in e.problems]) from None
-    return spec if isinstance(spec, AppSpec) else None
-
-
 def _app_problem(cfg: StackFile, index: int, p: Problem) -> Problem:
     """A recipe's problem, re-anchored at ``stack[i].app...`` with file and line."""
     key = p.key
@@ -247,21 +219,25 @@ def _app_problem(cfg: StackFile, index: int, p: Problem) -> Problem:
     return Problem(cfg.source_file or p.file, key, p.message, p.line or cfg.line_of(loc))
 
 
-def check_apps(cfg: StackFile) -> None:
-    """Validate every ``[stack.app]`` with the recipes (``ConfigError``, one problem each)."""
-    load_app = getattr(recipes, "load_app", None)
-    if load_app is None:
-        return
+def _load_apps(cfg: StackFile) -> dict[int, Any]:
+    """Every ``[stack.app]`` validated by its recipe, once (``ConfigError`` lists all)."""
     problems: list[Problem] = []
+    apps: dict[int, Any] = {}
     for i, st in enumerate(cfg.stack):
         if st.app is None:
             continue
         try:
-            load_app(st.app, stack_name=st.name)
+            apps[i] = recipes.load_app(st.app, stack_name=st.name)
         except ConfigError as e:
             problems.extend(_app_problem(cfg, i, p) for p in e.problems)
     if problems:
         raise ConfigError(problems)
+    return apps
+
+
+def check_apps(cfg: StackFile) -> None:
+    """Validate every ``[stack.app]`` without resolving secrets (``ConfigError``)."""
+    _load_apps(cfg)
 
 
 def build_desired(
@@ -270,12 +246,24 @@ def build_desired(
     source: str = "",
     env: Mapping[str, str] | None = None,
     with_apps: bool = True,
+    secrets: Mapping[str, Secret] | None = None,
 ) -> DesiredState:
-    """The desired state of every stack. Resolves the ``[secrets]`` (``SecretError``)."""
-    secrets = resolve_secrets(cfg, env=env) if with_apps else {}
+    """The desired state of every stack; each app validated and rendered once.
+
+    ``secrets``: the resolved ``[secrets]`` (a session resolves them once per run);
+    None: resolved here, after the apps are validated (``SecretError``). ``with_apps``
+    False: containers only, no secret is read (destroy needs none)."""
+    apps = _load_apps(cfg) if with_apps else {}
+    if apps and secrets is None:
+        secrets = resolve_secrets(cfg, env=env)
     stacks = []
     for i, st in enumerate(cfg.stack):
-        app = _app_spec(cfg, i, secrets) if with_apps else None
+        app = None
+        if i in apps:
+            try:
+                app = recipes.render_app(apps[i], stack=st, secrets=secrets or {})
+            except ConfigError as e:
+                raise ConfigError([_app_problem(cfg, i, p) for p in e.problems]) from None
         stacks.append(
             StackSpec(
                 name=st.name,
@@ -284,4 +272,4 @@ def build_desired(
                 depends_on=tuple(st.depends_on),
             )
         )
-    return DesiredState(stacks=tuple(stacks), source=source)
+    return DesiredState(stacks=tuple(stacks), source=source or cfg.source_file)

@@ -14,9 +14,11 @@ and, when present, ``err.hint``; it never prints a traceback for these.
     │   ├── PveNotFoundError   404 / "does not exist"
     │   ├── PveParamError      400 (``errors`` holds PVE's per-parameter texts)
     │   └── PveTaskError       a task (UPID) ended with an error exit status
-    ├── TransportError         the API or SSH could not be reached / TLS failure
+    ├── TransportError         the API or SSH could not be reached
+    │   ├── TlsError           the node's TLS certificate did not verify (never retried)
     │   └── HostKeyError       SSH host key unknown or mismatched
     ├── OwnershipError         the guest is not ours (no mark) and --adopt was not given
+    ├── PreconditionError      the world changed since the plan: the executor refused
     ├── ReplacementRequired    a key PVE cannot change (e.g. ``unprivileged``) differs
     ├── RootStepError          a root or guest command failed (command, exit code, stderr; masked)
     ├── WaitTimeout            a wait (task, console hand-off, boot) ran out of time
@@ -25,7 +27,7 @@ and, when present, ``err.hint``; it never prints a traceback for these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -117,8 +119,17 @@ class TransportError(PvestackError):
     pass
 
 
+class TlsError(TransportError):
+    """The node's certificate did not verify (never retried)."""
+
+
 class HostKeyError(TransportError):
     pass
+
+
+class PreconditionError(PvestackError):
+    """An action's precondition no longer holds just before it runs (the plan is stale).
+    Nothing was touched."""
 
 
 class OwnershipError(PvestackError):
@@ -148,3 +159,21 @@ class WaitTimeout(PvestackError):
 
 class SecretError(PvestackError):
     pass
+
+
+class SnapshotUnavailable(PvestackError):
+    """PVE cannot snapshot this CT (a bind mount, or a storage without snapshots)."""
+
+    def __init__(self, vmid: int, reasons: Sequence[str]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__(
+            f"CT {vmid} cannot be snapshotted (PVE: snapshot feature is not available): "
+            + "; ".join(reasons),
+            hint="take a backup instead: `pvestack backup STACK` (vzdump, mode snapshot "
+            "falls back to suspend; bind-mounted host directories are not in a backup either: "
+            "back them up on the host)",
+        )
+
+
+class RollbackFailed(PvestackError):
+    """A rollback task failed; the message says the CT's state and what to run."""

@@ -7,6 +7,7 @@ Every type here is an immutable dataclass; no stage mutates what it was given.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,9 +15,34 @@ from types import MappingProxyType
 from typing import Any
 
 from pvestack._commands import Secret, Step
+from pvestack._pvevalues import parse_tags
 
 MARK_TAG = "pvestack"
 MARK_LINE_PREFIX = "pvestack-stack: "
+
+
+_MARK_RE = re.compile(re.escape(MARK_LINE_PREFIX) + r"([a-z][a-z0-9-]{0,62})")
+
+
+def mark_owner(config: Mapping[str, str]) -> str | None:
+    """The stack named by our mark (tag ``pvestack`` and the description line), or None.
+
+    Exact: exactly one description line starts with the mark prefix (any case), and
+    that whole line is ``pvestack-stack: NAME`` with a valid stack name. Two mark
+    lines, or a malformed one, are no mark (the guest is then refused, never taken).
+    """
+    if MARK_TAG not in parse_tags(config.get("tags")):
+        return None
+    prefix = MARK_LINE_PREFIX.strip().lower()
+    marks = [
+        line.strip()
+        for line in str(config.get("description", "")).splitlines()
+        if line.strip().lower().startswith(prefix)
+    ]
+    if len(marks) != 1:
+        return None
+    m = _MARK_RE.fullmatch(marks[0])
+    return m.group(1) if m else None
 
 
 def frozen_map(m: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -295,28 +321,182 @@ class ApiCall:
     waits_task: bool = True
 
 
+class TargetKind(StrEnum):
+    LXC = "lxc"  # a container
+    TEMPLATE = "template"  # an OS template volume on a storage
+    HOST_PATH = "host-path"  # a directory on the node
+    GUEST_PATH = "guest-path"  # a file inside a container
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an action changes. ``path``: the template's volid, the host path, or the
+    file in the guest, by ``kind``."""
+
+    kind: TargetKind
+    node: str
+    vmid: int | None = None
+    path: str = ""
+
+    @classmethod
+    def lxc(cls, node: str, vmid: int) -> Target:
+        return cls(TargetKind.LXC, node, vmid)
+
+    @property
+    def ct(self) -> str:
+        return f"lxc/{self.vmid} on {self.node}"
+
+    def __str__(self) -> str:
+        if self.kind is TargetKind.LXC:
+            return self.ct
+        if self.kind is TargetKind.TEMPLATE:
+            return f"{self.path} on {self.node}"
+        if self.kind is TargetKind.HOST_PATH:
+            return f"{self.node}:{self.path}"
+        return f"{self.path} in {self.ct}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "node": self.node, "vmid": self.vmid, "path": self.path}
+
+
+class ActionKind(StrEnum):
+    """What an action does (the executor and the console hand-off choose by it)."""
+
+    TEMPLATE_DOWNLOAD = "template-download"
+    CREATE = "create"
+    CONFIG_UPDATE = "config-update"
+    RESIZE = "resize"
+    REPLACE = "replace"  # reported, never done
+    START = "start"
+    REBOOT = "reboot"
+    ROOT_SET = "root-pct-set"
+    HOST_DIR = "host-dir"
+    IDMAP = "idmap"
+    MOUNT_PROBE = "mount-probe"
+    GUEST_DOCKER = "guest-docker"
+    GUEST_FILE = "guest-file"
+    GUEST_IMAGE = "guest-image"
+    GUEST_UP = "guest-up"
+    DESTROY = "destroy"
+
+
+# ---------------------------------------------------------------- preconditions
+# What the executor re-checks just before acting (the plan may be stale). A check
+# either lets the action run, skips it (already done), or refuses (the world changed).
+
+
+@dataclass(frozen=True)
+class TemplateAbsent:
+    """The template is not on the storage yet (present: skipped, already there)."""
+
+    storage: str
+    volid: str
+
+    def __str__(self) -> str:
+        return f"{self.volid} absent"
+
+
+@dataclass(frozen=True)
+class Absent:
+    """No guest at ``vmid`` (ours already there: skipped, resumed; any other: refused),
+    and the template to create it from on its storage (``volid``; gone: refused)."""
+
+    vmid: int
+    stack: str
+    storage: str = ""
+    volid: str = ""
+
+    def __str__(self) -> str:
+        return f"vmid {self.vmid} free" + (f", {self.volid} present" if self.volid else "")
+
+
+@dataclass(frozen=True)
+class Owned:
+    """The container carries the mark of ``stack``."""
+
+    stack: str
+
+    def __str__(self) -> str:
+        return f"marked by stack {self.stack}"
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """The container carries no mark or the mark of ``stack`` (``--adopt``)."""
+
+    stack: str
+
+    def __str__(self) -> str:
+        return f"unmarked or marked by stack {self.stack} (--adopt)"
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Ours and stopped (running: skipped, already started)."""
+
+    stack: str
+
+    def __str__(self) -> str:
+        return f"marked by stack {self.stack}, stopped"
+
+
+@dataclass(frozen=True)
+class Running:
+    """Ours and running (guest work and probes need it)."""
+
+    stack: str
+
+    def __str__(self) -> str:
+        return f"marked by stack {self.stack}, running"
+
+
+@dataclass(frozen=True)
+class HostDirState:
+    """The host path as observed at plan time: no symlink in any component, and (when
+    observed, ``exists`` not None) still absent, or still a directory with that owner."""
+
+    path: str
+    exists: bool | None = None  # None: not observed (no root reader at plan time)
+    uid: int | None = None
+    gid: int | None = None
+
+    def __str__(self) -> str:
+        if self.exists is None:
+            return f"{self.path}: no symlink in the path"
+        if not self.exists:
+            return f"{self.path} absent, no symlink in the path"
+        return f"{self.path} a directory owned by {self.uid}:{self.gid}, no symlink"
+
+
+Precondition = TemplateAbsent | Absent | Owned | Adopt | Stopped | Running | HostDirState
+
+
 @dataclass(frozen=True)
 class Action:
-    id: str  # stable, e.g. "hermes:ct:create"
+    id: str  # stable, e.g. "hermes:ct:create" (display only: nothing parses it)
+    kind: ActionKind
     change: Change
-    target: str  # e.g. "lxc/118 on gihyeon"
+    target: Target
     actor: Actor
     reason: str
+    precondition: Precondition  # what the executor re-checks just before running
     stack: str = ""
     before: Mapping[str, str | None] = field(default_factory=frozen_map)
     after: Mapping[str, str | None] = field(default_factory=frozen_map)
     api: tuple[ApiCall, ...] = ()  # actor api: the calls, in order
     steps: tuple[Step, ...] = ()  # actor root/guest: commands as data
-    precondition: str = ""  # what the executor re-checks just before running
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "stack": self.stack,
             "action": self.change.value,
-            "target": self.target,
+            "kind": self.kind.value,
+            "target": str(self.target),
+            "target_ref": self.target.to_json(),
             "actor": self.actor.value,
             "reason": self.reason,
+            "precondition": str(self.precondition),
             "before": dict(self.before),
             "after": dict(self.after),
         }

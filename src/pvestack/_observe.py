@@ -13,7 +13,6 @@ never imports an executor.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -21,7 +20,6 @@ from typing import Any, Protocol
 from pvestack._client import PveClient
 from pvestack._errors import PveError
 from pvestack._model import (
-    MARK_LINE_PREFIX,
     MARK_TAG,
     DesiredState,
     GuestSummary,
@@ -30,7 +28,9 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
     StackSpec,
+    mark_owner,
 )
+from pvestack._pvevalues import parse_tags
 
 
 class FactReader(Protocol):
@@ -42,37 +42,6 @@ class FactReader(Protocol):
         """What the app's recipe needs to see inside the running guest (files, images,
         services), as ``key -> value`` facts."""
         ...
-
-
-def parse_tags(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    text = str(value).replace(",", ";").replace(" ", ";")
-    return tuple(sorted({t.strip().lower() for t in text.split(";") if t.strip()}))
-
-
-_MARK_RE = re.compile(re.escape(MARK_LINE_PREFIX) + r"([a-z][a-z0-9-]{0,62})")
-
-
-def mark_owner(config: Mapping[str, str]) -> str | None:
-    """The stack named by our mark (tag ``pvestack`` and the description line), or None.
-
-    Exact: exactly one description line starts with the mark prefix (any case), and
-    that whole line is ``pvestack-stack: NAME`` with a valid stack name. Two mark
-    lines, or a malformed one, are no mark (the guest is then refused, never taken).
-    """
-    if MARK_TAG not in parse_tags(config.get("tags")):
-        return None
-    prefix = MARK_LINE_PREFIX.strip().lower()
-    marks = [
-        line.strip()
-        for line in str(config.get("description", "")).splitlines()
-        if line.strip().lower().startswith(prefix)
-    ]
-    if len(marks) != 1:
-        return None
-    m = _MARK_RE.fullmatch(marks[0])
-    return m.group(1) if m else None
 
 
 def guest_summaries(rows: Any) -> tuple[GuestSummary, ...]:

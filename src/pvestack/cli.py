@@ -1,32 +1,32 @@
-"""The command line (typer + rich): parse flags, call ``_engine``, print.
+"""The command line (typer): parse options, call one engine workflow, render.
+
+Options every command shares are declared once (``_COMMON``) and added to each
+command's signature by ``_command``. Heavy modules (the engine, rich, pydantic,
+proxmoxer, paramiko, jinja2) are imported inside the commands, so ``--help`` starts fast.
 
 Exit codes: 0 done / nothing to change, 1 error, 2 changes pending
 (``plan --detailed-exitcode``), 3 apply did the token's part and waits for root steps.
 """
 
-from __future__ import annotations
-
+import inspect
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from pvelab.cli import app as lab_app
-from pvestack import __version__
-from pvestack import _daytwo as daytwo
-from pvestack import _engine as engine
-from pvestack._commands import display
-from pvestack._config import DEFAULT_FILE, StackFile, json_schema, load_config
-from pvestack._errors import ConfigError, PvestackError
-from pvestack._model import Action, Actor
-from pvestack._plan import render_text
-from pvestack.executors import _console as console
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pvestack._daytwo import Guest
+    from pvestack._engine import ApplyRun, DestroyPlan, Options, PlanResult, Session
+    from pvestack._errors import PvestackError
+    from pvestack._model import Action, Plan
+    from pvestack.verify import VerifyReport
+
+DEFAULT_FILE = "pvestack.toml"  # as pvestack._config.DEFAULT_FILE (not imported: start-up)
 
 app = typer.Typer(
     name="pvestack",
@@ -34,77 +34,179 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    # the group's --help is the callback's option below; typer's own would coerce its
+    # unset value through pydantic on every subcommand's --help (slow start-up)
+    context_settings={"help_option_names": []},
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+_HELP = {"help_option_names": ["--help"]}  # each command's own --help
+
+
+def _group_help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    help: Annotated[
+        bool,
+        typer.Option(
+            "--help", is_eager=True, callback=_group_help, help="Show this message and exit."
+        ),
+    ] = False,
+) -> None:
+    """Deploy Docker app stacks into unprivileged Proxmox VE LXC containers from one file."""
+
 
 T = TypeVar("T")
 
-ConfigOpt = Annotated[
-    Path, typer.Option("--config", "-c", help="the stack file", show_default=True)
-]
+# ---------------------------------------------------------------- options, declared once
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _opt(name: str, default: Any, kind: Any, *flags: str, help: str) -> inspect.Parameter:
+    annotation = Annotated[kind, typer.Option(*flags, help=help)]
+    return inspect.Parameter(name, _KW, default=default, annotation=annotation)
+
+
+_STR = str | None
+_COMMON: dict[str, inspect.Parameter] = {
+    p.name: p
+    for p in (
+        _opt("config", Path(DEFAULT_FILE), Path, "--config", "-c", help="the stack file"),
+        _opt(
+            "insecure", False, bool, "--insecure",
+            help="do NOT verify the node's TLS certificate (test only)",
+        ),
+        _opt("api_url", None, _STR, "--api-url", help="overrides pve.api_url"),
+        _opt("token_id", None, _STR, "--token-id", help="overrides pve.token_id"),
+        _opt(
+            "fingerprint", None, _STR, "--fingerprint",
+            help="overrides pve.fingerprint (SHA-256 pin)",
+        ),
+        _opt("ca_file", None, _STR, "--ca-file", help="overrides pve.ca_file"),
+        _opt("node", None, _STR, "--node", help="overrides every stack's node"),
+        _opt(
+            "root_via", None, _STR, "--root-via", help="ssh | console | none (overrides root.via)"
+        ),
+        _opt(
+            "adopt", False, bool, "--adopt",
+            help="manage a guest that lacks the pvestack mark (diff first)",
+        ),
+    )
+}  # fmt: skip
+_CONNECTION = ("config", "insecure", "api_url", "token_id", "fingerprint", "ca_file", "node")
+_PLANNING = (*_CONNECTION, "root_via", "adopt")
+_OVERRIDES = {
+    "api_url": "API_URL",
+    "token_id": "TOKEN_ID",
+    "fingerprint": "FINGERPRINT",
+    "ca_file": "CA_FILE",
+    "node": "NODE",
+    "root_via": "ROOT_VIA",
+}
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
-AdoptOpt = Annotated[
-    bool, typer.Option("--adopt", help="manage a guest that lacks the pvestack mark (diff first)")
-]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="do NOT verify the node's TLS certificate (test only)")
-]
-ApiUrlOpt = Annotated[str | None, typer.Option("--api-url", help="overrides pve.api_url")]
-TokenIdOpt = Annotated[str | None, typer.Option("--token-id", help="overrides pve.token_id")]
-FingerprintOpt = Annotated[
-    str | None, typer.Option("--fingerprint", help="overrides pve.fingerprint (SHA-256 pin)")
-]
-CaFileOpt = Annotated[str | None, typer.Option("--ca-file", help="overrides pve.ca_file")]
-NodeOpt = Annotated[str | None, typer.Option("--node", help="overrides every stack's node")]
-RootViaOpt = Annotated[
-    str | None, typer.Option("--root-via", help="ssh | console | none (overrides root.via)")
-]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")]
 
 
-def _overrides(**flags: str | None) -> dict[str, str]:
-    names = {
-        "api_url": "API_URL",
-        "token_id": "TOKEN_ID",
-        "fingerprint": "FINGERPRINT",
-        "ca_file": "CA_FILE",
-        "node": "NODE",
-        "root_via": "ROOT_VIA",
-    }
-    return {names[k]: v for k, v in flags.items() if v}
+def _options(values: dict[str, Any]) -> "Options":
+    from pvestack._engine import Options  # noqa: PLC0415
+
+    return Options(
+        config=values["config"],
+        overrides={_OVERRIDES[k]: v for k, v in values.items() if k in _OVERRIDES and v},
+        insecure=values.get("insecure", False),
+        adopt=values.get("adopt", False),
+    )
 
 
-def _fail(e: PvestackError) -> None:
+def _command(
+    name: str | None = None, common: tuple[str, ...] = _PLANNING
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(opts, **own)`` as a command taking its own options plus ``common``."""
+
+    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+        # no `from __future__ import annotations` here: the annotations are objects
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "opts"]
+        params = [*own, *(_COMMON[n] for n in common)]
+
+        def wrapper(**kw: Any) -> None:
+            values = {n: kw.pop(n) for n in common}
+            fn(_options(values), **kw)
+
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        app.command(name, context_settings=_HELP)(wrapper)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------- output (rich, lazily)
+
+_consoles: dict[bool, "Console"] = {}
+
+
+def _console(stderr: bool = False) -> "Console":
+    if stderr not in _consoles:
+        from rich.console import Console  # noqa: PLC0415
+
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return _consoles[stderr]
+
+
+def _say(
+    text: str, *, stderr: bool = False, style: str = "", end: str = "\n", raw: bool = False
+) -> None:
+    """Print plain text (never read as markup), optionally in one style. Terminal control
+    characters from data are shown escaped (``_commands.display``); line breaks are kept.
+    ``raw``: text pvestack made itself that must stay byte-exact (a script to paste)."""
+    from pvestack._commands import display  # noqa: PLC0415
+
+    out = text if raw else display(text, keep_newlines=True)
+    _console(stderr).print(out, style=style or None, markup=False, end=end)
+
+
+def _fail(e: "PvestackError") -> typer.Exit:
+    from pvestack._errors import ConfigError  # noqa: PLC0415
+
     if isinstance(e, ConfigError):
-        err.print(f"[bold red]error:[/] the stack file has {len(e.problems)} problem(s):")
+        _say(
+            f"error: the stack file has {len(e.problems)} problem(s):",
+            stderr=True,
+            style="bold red",
+        )
         for p in e.problems:
-            err.print(f"  {display(str(p))}", markup=False)
+            _say(f"  {p}", stderr=True)
     else:
-        err.print("[bold red]error:[/] ", end="")
-        err.print(display(str(e), keep_newlines=True), markup=False)
+        _say("error: ", stderr=True, style="bold red", end="")
+        _say(str(e), stderr=True)
         if e.hint:
-            err.print("[yellow]hint:[/] ", end="")
-            err.print(display(e.hint, keep_newlines=True), markup=False)
-    raise typer.Exit(1)
+            _say("hint: ", stderr=True, style="yellow", end="")
+            _say(e.hint, stderr=True)
+    return typer.Exit(1)
 
 
-def _guard(fn: Callable[[], T]) -> T:
+def _run(opts: "Options", body: Callable[["Session"], T]) -> T:
+    """Open one session, run ``body`` on it, close it; errors printed, exit 1."""
+    from pvestack._engine import Session  # noqa: PLC0415
+    from pvestack._errors import PvestackError  # noqa: PLC0415
+
     try:
-        return fn()
+        with Session.load(opts) as s:
+            try:
+                return body(s)
+            finally:
+                for w in s.client_warnings:
+                    _say(f"warning: {w}", stderr=True, style="bold yellow")
     except PvestackError as e:
-        _fail(e)
-        raise  # unreachable: _fail exits
-
-
-def _load(config: Path, **flags: str | None) -> StackFile:
-    return _guard(lambda: load_config(config, overrides=_overrides(**flags)))
-
-
-def _client(cfg: StackFile, insecure: bool) -> Any:
-    client = _guard(lambda: engine.connect(cfg, insecure=insecure))
-    for w in client.warnings:
-        err.print(f"[bold yellow]warning:[/] {escape(display(w))}", markup=True)
-    return client
+        raise _fail(e) from None
 
 
 def _print_json(data: Any) -> None:
@@ -114,47 +216,29 @@ def _print_json(data: Any) -> None:
 # ---------------------------------------------------------------- plan
 
 
-@app.command()
+@_command()
 def plan(
+    opts: "Options",
     *,
-    config: ConfigOpt = Path(DEFAULT_FILE),
     json_out: JsonOpt = False,
-    adopt: AdoptOpt = False,
     detailed_exitcode: Annotated[
         bool,
         typer.Option("--detailed-exitcode", help="exit 0 no changes, 2 changes pending, 1 error"),
     ] = False,
-    insecure: InsecureOpt = False,
-    api_url: ApiUrlOpt = None,
-    token_id: TokenIdOpt = None,
-    fingerprint: FingerprintOpt = None,
-    ca_file: CaFileOpt = None,
-    node: NodeOpt = None,
-    root_via: RootViaOpt = None,
 ) -> None:
     """Show what apply would change, and who must do it (api token, root, guest)."""
-    cfg = _load(
-        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
-        ca_file=ca_file, node=node, root_via=root_via,
-    )  # fmt: skip
-    client = _client(cfg, insecure)
-    root = engine.open_root_transport(cfg) if cfg.root.via == "ssh" else None
-    reader = engine.TransportFactReader(root.transport) if root and root.transport else None
-    if root is not None and root.transport is None:
-        err.print("[bold yellow]warning:[/] host facts not read: " + escape(display(root.reason)))
-    try:
-        result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, reader=reader))
-    finally:
-        if root and root.transport:
-            root.transport.close()
+    from pvestack._engine import plan_run  # noqa: PLC0415
+    from pvestack._render import render_text  # noqa: PLC0415
+
+    result: PlanResult = _run(opts, plan_run)
+    for n in result.notes:
+        _say(f"warning: {n}", stderr=True, style="bold yellow")
     p = result.plan
     if json_out:
-        data = p.to_json()
-        data["api_calls"] = result.api_calls
-        _print_json(data)
+        _print_json({**p.to_json(), "api_calls": result.api_calls})
     else:
-        out.print(f"pvestack plan: {display(cfg.source_file)}", markup=False)
-        out.print(render_text(p, root_via=cfg.root.via), markup=False)
+        _say(f"pvestack plan: {opts.config}")
+        _say(render_text(p, root_via=result.root_via))
     if p.refused:  # a guest blocks a stack: the user must act
         raise typer.Exit(1)
     if detailed_exitcode and p.changes:
@@ -164,282 +248,183 @@ def plan(
 # ---------------------------------------------------------------- apply
 
 
-def _progress(a: Action, phase: str, detail: str) -> None:
-    line = display(f"{a.change.symbol} {a.id} [{a.actor.value}] {a.target}")
-    aid = display(a.id)
-    if phase != "progress":
-        detail = display(detail)
+def _progress(a: "Action", phase: str, detail: str) -> None:
+    from pvestack._model import Actor  # noqa: PLC0415
+    from pvestack._render import action_line, safe  # noqa: PLC0415
+
     if phase == "progress":
         if a.actor is not Actor.API and detail.strip():  # root/guest output, masked
-            err.print(f"    [dim]│ {escape(display(detail.rstrip(), keep_newlines=True))}[/]")
-    elif phase == "start":
-        err.print(f"[cyan]…[/] {escape(line)}")
-    elif phase == "done":
-        err.print(f"[green]✓[/] {escape(aid)}")
-    elif phase == "skipped":
-        err.print(f"[green]=[/] {escape(aid)}: {escape(detail)}")
-    elif phase == "pending":
-        tag = escape(f"[{a.actor.value}]")
-        err.print(f"[yellow]⏸[/] {escape(aid)} {tag}: pending ({escape(detail)})")
-    elif phase == "failed":
-        err.print(f"[red]✗[/] {escape(aid)}: {escape(detail)}")
+            _say(f"    │ {safe(detail.rstrip())}", stderr=True, style="dim")
+        return
+    mark, style, text = {
+        "start": ("…", "cyan", action_line(a)),
+        "done": ("✓", "green", a.id),
+        "skipped": ("=", "green", f"{a.id}: {detail}"),
+        "pending": ("⏸", "yellow", f"{a.id} [{a.actor.value}]: pending ({detail})"),
+        "failed": ("✗", "red", f"{a.id}: {detail}"),
+    }[phase]
+    _say(f"{mark} ", stderr=True, style=style, end="")
+    _say(safe(text) if phase != "failed" else text, stderr=True)
 
 
-@app.command()
+@_command()
 def apply(
+    opts: "Options",
     *,
-    config: ConfigOpt = Path(DEFAULT_FILE),
     json_out: JsonOpt = False,
-    adopt: AdoptOpt = False,
-    insecure: InsecureOpt = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")] = False,
+    yes: YesOpt = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="do not run verify after a complete apply")
     ] = False,
-    api_url: ApiUrlOpt = None,
-    token_id: TokenIdOpt = None,
-    fingerprint: FingerprintOpt = None,
-    ca_file: CaFileOpt = None,
-    node: NodeOpt = None,
-    root_via: RootViaOpt = None,
 ) -> None:
     """Do everything the plan says: the token's part through the API, root's part
     through SSH (or the console script), then the guest's."""
-    cfg = _load(
-        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
-        ca_file=ca_file, node=node, root_via=root_via,
-    )  # fmt: skip
-    client = _client(cfg, insecure)
-    root = engine.open_root_transport(cfg)
-    if root.transport is None and root.via == "ssh":
-        err.print("[bold yellow]warning:[/] " + escape(display(root.reason)))
-    report: Any = None
-    script: str | None = None
-    try:
-        reader = engine.TransportFactReader(root.transport) if root.transport else None
-        result = _guard(lambda: engine.plan(cfg, client, adopt=adopt, reader=reader))
-        p = result.plan
-        if not json_out:
-            out.print(render_text(p, root_via=cfg.root.via), markup=False)
-        if p.actions and adopt and not yes and sys.stdin.isatty():
+    from pvestack._engine import ApplyHooks, apply_run  # noqa: PLC0415
+
+    def show(p: "Plan", via: str) -> None:
+        from pvestack._render import render_text  # noqa: PLC0415
+
+        _say(render_text(p, root_via=via))
+
+    def confirm(_p: "Plan") -> None:
+        if not yes and sys.stdin.isatty():
             typer.confirm("Adopt and change the guests above?", abort=True)
-        progress = None if json_out else _progress
-        res = (
-            _guard(lambda: engine.apply(p, client, root=root, on_progress=progress))
-            if p.actions
-            else engine.ApplyResult((), p)
-        )
-        if res.pending and cfg.root.via == "console" and res.exit_code == 3:
-            # the token's part changed the node (e.g. started the CT): the script comes
-            # from a fresh plan, so it holds what is needed now (the reboot, for one)
-            fresh = _guard(lambda: engine.plan(cfg, client, adopt=adopt)).plan
-            script = _console_script_or_none(fresh, cfg)
-            if script and not json_out and sys.stdin.isatty():
-                poll = engine.root_effects_missing(client, fresh)
-                text = script
-                _guard(
-                    lambda: console.hand_off(
-                        text, poll, write=lambda t: out.print(t, end="", markup=False)
-                    )
-                )
-                script = None  # printed, and its effects seen
-                p = _guard(lambda: engine.plan(cfg, client, adopt=adopt)).plan
-                out.print(render_text(p, root_via=cfg.root.via), markup=False)
-                res = (
-                    _guard(lambda: engine.apply(p, client, root=root, on_progress=progress))
-                    if p.actions
-                    else engine.ApplyResult((), p)
-                )
-        if not no_verify and res.exit_code == 0:
-            if not json_out:
-                out.print("\nverify:")
-            report = _guard(lambda: engine.run_verify(cfg, client, root=root))
-    finally:
-        if root.transport is not None:
-            root.transport.close()
-    code = res.exit_code
-    if report is not None and not report.ok:
-        code = 1
+
+    interactive = not json_out and sys.stdin.isatty()
+    hooks = ApplyHooks(
+        on_plan=None if json_out else show,
+        confirm=confirm,
+        on_progress=None if json_out else _progress,
+        hand_off=_hand_off if interactive else None,
+        on_verify=None if json_out else (lambda: _say("\nverify:")),
+    )
+    run: ApplyRun = _run(opts, lambda s: apply_run(s, hooks, run_verify=not no_verify))
+    for n in run.notes:
+        _say(f"warning: {n}", stderr=True, style="bold yellow")
     if json_out:
-        data = res.to_json()
-        if res.pending and cfg.root.via == "console":
-            data["console_script"] = script
-        data["verify"] = report.to_json() if report is not None else None
-        data["exit_code"] = code
+        data = run.result.to_json()
+        data["console_script"] = run.script
+        data["verify"] = run.report.to_json() if run.report is not None else None
+        data["exit_code"] = run.exit_code
         _print_json(data)
-        raise typer.Exit(code)
-    if report is not None:
-        _print_verify(report)
-    if not p.actions:
-        out.print("No changes." if not p.refused else "Nothing done: guests refused (see above).")
-        raise typer.Exit(code)
-    done = sum(1 for r in res.results if r.outcome is engine.Outcome.DONE)
-    out.print(
-        f"\nApply: {done} done, {len(res.pending)} pending, "
-        f"{sum(1 for r in res.results if r.outcome is engine.Outcome.FAILED)} failed."
-    )
-    if res.pending:
-        out.print(f"Root steps pending: {display(res.pending_reason)}", markup=False)
-        if script:
-            out.print("\n# --- run this in the node's shell (as root), then apply again ---")
-            out.print(script, markup=False)
-    raise typer.Exit(code)
+        raise typer.Exit(run.exit_code)
+    _apply_summary(run)
+    raise typer.Exit(run.exit_code)
 
 
-def _render_console_script(p: Any, cfg: StackFile) -> str:
-    title = f"pvestack root steps for {cfg.source_file}"
-    return console.console_script(
-        engine.root_steps(p), title=title, success_marker=engine.CONSOLE_SUCCESS_MARKER
-    )
+def _hand_off(script: str, poll: Callable[[], Any]) -> None:
+    from pvestack.executors._console import hand_off  # noqa: PLC0415
+
+    hand_off(script, poll, write=lambda t: _say(t, end="", raw=True), interactive=True)
 
 
-def _console_script_or_none(p: Any, cfg: StackFile) -> str | None:
-    in_script, _left = engine.console_actions(p)
-    pending_root = [a for a in p.actions if a.actor is Actor.ROOT]
-    if not in_script or any(not a.steps for a in pending_root):
-        return None
-    try:
-        return _render_console_script(p, cfg)
-    except (ValueError, PvestackError):
-        return None
+def _apply_summary(run: "ApplyRun") -> None:
+    from pvestack._engine import Outcome  # noqa: PLC0415
+
+    if run.report is not None:
+        _print_verify(run.report)
+    res = run.result
+    if not run.plan.actions:
+        _say("No changes." if not run.plan.refused else "Nothing done: guests refused (see above).")
+        return
+    done = sum(1 for r in res.results if r.outcome is Outcome.DONE)
+    _say(f"\nApply: {done} done, {len(res.pending)} pending, {len(res.failed)} failed.")
+    if res.pending and res.pending_reason:
+        _say(f"Steps pending: {res.pending_reason}")
+    if run.script:
+        _say("\n# --- run this in the node's shell (as root), then apply again ---")
+        _say(run.script, raw=True)
 
 
 # ---------------------------------------------------------------- console-script
 
 
-@app.command("console-script")
-def console_script(
-    *,
-    config: ConfigOpt = Path(DEFAULT_FILE),
-    adopt: AdoptOpt = False,
-    insecure: InsecureOpt = False,
-    api_url: ApiUrlOpt = None,
-    token_id: TokenIdOpt = None,
-    fingerprint: FingerprintOpt = None,
-    ca_file: CaFileOpt = None,
-    node: NodeOpt = None,
-) -> None:
+@_command("console-script")
+def console_script(opts: "Options") -> None:
     """Print the root steps of the current plan as one idempotent script for the node's shell."""
-    cfg = _load(
-        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
-        ca_file=ca_file, node=node,
-    )  # fmt: skip
-    client = _client(cfg, insecure)
-    result = _guard(lambda: engine.plan(cfg, client, adopt=adopt))
-    root_actions = result.plan.by_actor(Actor.ROOT)
-    in_script, left = engine.console_actions(result.plan)
-    if not in_script and not left:
-        err.print("No root steps pending.")
+    from pvestack._engine import console_script_run  # noqa: PLC0415
+
+    result = _run(opts, console_script_run)
+    if result.script is None and not result.left:
+        _say("No root steps pending.", stderr=True)
         return
-    missing = [a.id for a in root_actions if not a.steps]
-    if missing:
-        err.print(
-            "[bold red]error:[/] the root step builders are not available in this build yet "
-            f"(pvestack._steps.root); cannot render: {', '.join(missing)}"
-        )
-        raise typer.Exit(1)
-    script = _guard(lambda: _render_console_script(result.plan, cfg))
-    sys.stdout.write(script)
-    for a in left:
-        err.print(
-            f"not in the script: {escape(display(a.id))} (it carries a secret or waits for one: "
-            'it needs root.via = "ssh")'
+    if result.script is not None:
+        sys.stdout.write(result.script)
+    for a in result.left:
+        _say(
+            f"not in the script: {a.id} (it carries a secret or waits for one: "
+            'it needs root.via = "ssh")',
+            stderr=True,
         )
 
 
 # ---------------------------------------------------------------- destroy
 
 
-@app.command()
-def destroy(
-    *,
-    config: ConfigOpt = Path(DEFAULT_FILE),
-    json_out: JsonOpt = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")] = False,
-    insecure: InsecureOpt = False,
-    api_url: ApiUrlOpt = None,
-    token_id: TokenIdOpt = None,
-    fingerprint: FingerprintOpt = None,
-    ca_file: CaFileOpt = None,
-    node: NodeOpt = None,
-) -> None:
-    """Stop and delete the containers carrying this file's marks (host dirs are kept)."""
-    cfg = _load(
-        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
-        ca_file=ca_file, node=node,
-    )  # fmt: skip
-    client = _client(cfg, insecure)
-    dp = _guard(lambda: engine.destroy_plan(cfg, client))
-    show = err if json_out else out
+def _show_destroy_plan(dp: "DestroyPlan", *, stderr: bool) -> None:
     for r in dp.refused:
-        show.print(f"  ! refused: {display(r)}", markup=False)
+        _say(f"  ! refused: {r}", stderr=stderr)
     for name in dp.absent:
-        show.print(f"  = {display(name)}: no container, nothing to destroy", markup=False)
+        _say(f"  = {name}: no container, nothing to destroy", stderr=stderr)
     for t in dp.targets:
-        show.print(
-            display(f"  - lxc/{t.vmid} on {t.node} ({t.hostname}, stack {t.stack}, {t.status})"),
-            markup=False,
-        )
+        _say(f"  - {t.target} ({t.hostname}, stack {t.stack}, {t.status})", stderr=stderr)
         for v in t.volumes:
-            show.print(f"        volume DELETED with it: {display(v)}", markup=False)
+            _say(f"        volume DELETED with it: {v}", stderr=stderr)
         for b in t.bind_mounts:
-            show.print(f"        {display(b)}", markup=False)
+            _say(f"        {b}", stderr=stderr)
         if t.protected:
-            show.print(
-                "        protection=1: PVE refuses to delete it; pvestack leaves it", markup=False
+            _say(
+                "        protection=1: PVE refuses to delete it; pvestack leaves it", stderr=stderr
             )
-    if not dp.targets:
-        if json_out:
-            _print_json({**dp.to_json(), "result": engine.DestroyResult().to_json()})
-        else:
-            out.print("Nothing to destroy.")
-        raise typer.Exit(0)
-    if not yes:
+
+
+@_command(common=_CONNECTION)
+def destroy(opts: "Options", *, json_out: JsonOpt = False, yes: YesOpt = False) -> None:
+    """Stop and delete the containers carrying this file's marks (host dirs are kept).
+    Exits 1 when a guest at a stack's vmid is refused (not ours)."""
+    from pvestack._engine import destroy_run  # noqa: PLC0415
+
+    def confirm(dp: "DestroyPlan") -> None:
+        _show_destroy_plan(dp, stderr=json_out)
+        if yes:
+            return
         if not sys.stdin.isatty():
-            err.print("[bold red]error:[/] destroy needs --yes when not run from a terminal")
+            _say(
+                "error: destroy needs --yes when not run from a terminal",
+                stderr=True,
+                style="bold red",
+            )
             raise typer.Exit(1)
         typer.confirm("Destroy the containers above?", abort=True)
-    res = engine.destroy(dp, client, on_progress=lambda m: err.print(display(m), markup=False))
+
+    say = lambda m: _say(m, stderr=True)  # noqa: E731
+    run = _run(opts, lambda s: destroy_run(s, confirm=confirm, on_progress=say))
     if json_out:
-        _print_json({**dp.to_json(), "result": res.to_json()})
-    else:
-        for d in res.done:
-            out.print(f"destroyed {display(d)}", markup=False)
-        for s in res.skipped:
-            out.print(f"kept {display(s)}", markup=False)
-        for f in res.failed:
-            err.print(f"[red]failed[/] {escape(display(f))}")
-    raise typer.Exit(res.exit_code)
+        _print_json(run.to_json())
+        raise typer.Exit(run.exit_code)
+    if not run.plan.targets:
+        _show_destroy_plan(run.plan, stderr=False)
+        _say(
+            "Nothing to destroy." if not run.plan.refused else "Nothing destroyed: guests refused."
+        )
+    for d in run.result.done:
+        _say(f"destroyed {d}")
+    for k in run.result.skipped:
+        _say(f"kept {k}")
+    for f in run.result.failed:
+        _say(f"failed {f}", stderr=True, style="red")
+    raise typer.Exit(run.exit_code)
 
 
 # ---------------------------------------------------------------- verify
 
 
-@app.command()
-def verify(
-    *,
-    config: ConfigOpt = Path(DEFAULT_FILE),
-    json_out: JsonOpt = False,
-    insecure: InsecureOpt = False,
-    api_url: ApiUrlOpt = None,
-    token_id: TokenIdOpt = None,
-    fingerprint: FingerprintOpt = None,
-    ca_file: CaFileOpt = None,
-    node: NodeOpt = None,
-    root_via: RootViaOpt = None,
-) -> None:
+@_command(common=(*_CONNECTION, "root_via"))
+def verify(opts: "Options", *, json_out: JsonOpt = False) -> None:
     """Check that the deployed stacks work (the seed's checklist, with evidence)."""
-    cfg = _load(
-        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
-        ca_file=ca_file, node=node, root_via=root_via,
-    )  # fmt: skip
-    client = _client(cfg, insecure)
-    root = engine.open_root_transport(cfg)
-    try:
-        report = _guard(lambda: engine.run_verify(cfg, client, root=root))
-    finally:
-        if root.transport is not None:
-            root.transport.close()
+    from pvestack._engine import verify_run  # noqa: PLC0415
+
+    report = _run(opts, verify_run)
     if json_out:
         _print_json(report.to_json())
     else:
@@ -447,30 +432,45 @@ def verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _print_verify(report: Any) -> None:
+def _print_verify(report: "VerifyReport") -> None:
+    colour = {"pass": "green", "fail": "red", "skip": "yellow"}
     for r in report.results:
-        colour = {"pass": "green", "fail": "red", "skip": "yellow"}.get(r.status.value, "white")
-        stack, title = escape(display(r.stack)), escape(display(r.title))
-        out.print(f"[{colour}]{r.status.value:>4}[/] {stack}: {title}")
+        _say(f"{r.status.value:>4}", style=colour.get(r.status.value, ""), end="")
+        _say(f" {r.stack}: {r.title}")
         if r.evidence:
-            out.print(f"       {display(r.evidence, keep_newlines=True)}", markup=False)
+            _say(f"       {r.evidence}")
         if r.fix and r.status.value == "fail":
-            out.print(f"       fix: {display(r.fix, keep_newlines=True)}", markup=False)
+            _say(f"       fix: {r.fix}")
 
 
-# ---------------------------------------------------------------- schema / version
+# ---------------------------------------------------------------- schema / version / lab
 
 
-@app.command()
+@app.command(context_settings=_HELP)
 def schema() -> None:
     """Print the JSON Schema of the stack file (for editors)."""
+    from pvestack._config import json_schema  # noqa: PLC0415
+
     _print_json(json_schema())
 
 
-@app.command()
+@app.command(context_settings=_HELP)
 def version() -> None:
     """Print the version."""
-    out.print(__version__)
+    from pvestack import __version__  # noqa: PLC0415
+
+    typer.echo(__version__)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def lab(ctx: typer.Context) -> None:
+    """the lab: a PVE-node emulator on real LXC (pvestack lab --help)"""
+    from pvelab.cli import app as lab_app  # noqa: PLC0415  (loaded only for `lab`)
+
+    lab_app(args=ctx.args, prog_name="pvestack lab")
 
 
 # ---------------------------------------------------------------- day two
@@ -481,136 +481,147 @@ KeepOpt = Annotated[int, typer.Option("--keep", help="pvestack snapshots to keep
 StorageOpt = Annotated[str, typer.Option("--storage", help="the backup storage")]
 
 
-def _stack_guest(cfg: StackFile, client: Any, name: str) -> daytwo.Guest:
-    found = [st for st in cfg.stack if st.name == name]
+def _guest_of(s: "Session", name: str) -> "Guest":
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+    from pvestack._errors import PvestackError  # noqa: PLC0415
+
+    found = [st for st in s.containers.stacks if st.name == name]
     if not found:
-        known = ", ".join(s.name for s in cfg.stack)
-        _fail(PvestackError(f"no stack '{name}' in {cfg.source_file} (stacks: {known})"))
-    node, vmid = found[0].node, None if found[0].vmid == "auto" else int(found[0].vmid)
-    return _guard(lambda: daytwo.find_guest(client, name, node, vmid))
+        known = ", ".join(st.name for st in s.containers.stacks)
+        raise PvestackError(f"no stack '{name}' in {s.cfg.source_file} (stacks: {known})")
+    ct = found[0].container
+    return daytwo.find_guest(s.client, name, ct.node, ct.vmid)
 
 
-def _open(config: Path, insecure: bool, stack: str) -> tuple[Any, daytwo.Guest]:
-    cfg = _load(config)
-    client = _client(cfg, insecure)
-    return client, _stack_guest(cfg, client, stack)
-
-
-@app.command()
-def snapshot(
-    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), keep: KeepOpt = 3,
-    insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+@_command(common=_CONNECTION)
+def snapshot(opts: "Options", stack: StackArg, *, keep: KeepOpt = 3) -> None:
     """Take a PVE snapshot of the stack's CT (pvestack-<UTC time>) and prune to --keep."""
-    client, guest = _open(config, insecure, stack)
-    now = datetime.now(UTC)
-    snap = _guard(lambda: daytwo.take_snapshot(client, guest, now=now))
-    out.print(f"snapshot {snap.name} of CT {guest.vmid} taken", markup=False)
-    pruned = _guard(lambda: daytwo.prune(client, guest, keep))
-    for name in pruned.deleted:
-        out.print(f"deleted old snapshot {name} (keep {keep})", markup=False)
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+
+    def body(s: "Session") -> None:
+        guest = _guest_of(s, stack)
+        snap = daytwo.take_snapshot(s.client, guest, now=datetime.now(UTC))
+        _say(f"snapshot {snap.name} of CT {guest.vmid} taken")
+        for name in daytwo.prune(s.client, guest, keep).deleted:
+            _say(f"deleted old snapshot {name} (keep {keep})")
+
+    _run(opts, body)
 
 
-@app.command()
-def snapshots(
-    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), json_out: JsonOpt = False,
-    insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+@_command(common=_CONNECTION)
+def snapshots(opts: "Options", stack: StackArg, *, json_out: JsonOpt = False) -> None:
     """List the CT's snapshots (pvestack's and others')."""
-    client, guest = _open(config, insecure, stack)
-    have = _guard(lambda: daytwo.list_snapshots(client, guest))
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+
+    have = _run(opts, lambda s: daytwo.list_snapshots(s.client, _guest_of(s, stack)))
     if json_out:
-        _print_json([{"name": s.name, "taken": s.taken.isoformat() if s.taken else None,
-                      "description": s.description, "parent": s.parent, "pvestack": s.ours}
-                     for s in have.snapshots])  # fmt: skip
+        _print_json([{"name": x.name, "taken": x.taken.isoformat() if x.taken else None,
+                      "description": x.description, "parent": x.parent, "pvestack": x.ours}
+                     for x in have.snapshots])  # fmt: skip
         return
-    for s in have.snapshots:
-        mark = "*" if s.name == have.current_parent else " "
-        who = "pvestack" if s.ours else "other"
-        out.print(f"{mark} {s.name:<28} {who:<8} {s.description}", markup=False)
+    for x in have.snapshots:
+        mark = "*" if x.name == have.current_parent else " "
+        who = "pvestack" if x.ours else "other"
+        _say(f"{mark} {x.name:<28} {who:<8} {x.description}")
 
 
-@app.command()
+@_command(common=_CONNECTION)
 def rollback(
-    stack: StackArg, name: Annotated[str | None, typer.Argument(help="snapshot")] = None, *,
-    config: ConfigOpt = Path(DEFAULT_FILE), insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+    opts: "Options",
+    stack: StackArg,
+    name: Annotated[str | None, typer.Argument(help="snapshot")] = None,
+) -> None:
     """Roll the CT back to a snapshot (default: the newest pvestack one) and start it."""
-    client, guest = _open(config, insecure, stack)
-    if name is None:
-        ours = [s for s in _guard(lambda: daytwo.list_snapshots(client, guest)).snapshots
-                if s.ours]  # fmt: skip
-        if not ours:
-            _fail(PvestackError(f"CT {guest.vmid} has no pvestack snapshot to roll back to"))
-        name = ours[-1].name
-    target = name
-    res = _guard(lambda: daytwo.rollback(client, guest, target))
-    out.print(f"CT {guest.vmid} rolled back to {res.name} and started", markup=False)
-    if res.protected:
-        out.print("note: protection=1 guards removal only; PVE rolls back regardless")
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+    from pvestack._errors import PvestackError  # noqa: PLC0415
+
+    def body(s: "Session") -> None:
+        guest = _guest_of(s, stack)
+        target = name
+        if target is None:
+            ours = [x for x in daytwo.list_snapshots(s.client, guest).snapshots if x.ours]
+            if not ours:
+                raise PvestackError(f"CT {guest.vmid} has no pvestack snapshot to roll back to")
+            target = ours[-1].name
+        res = daytwo.rollback(s.client, guest, target)
+        _say(f"CT {guest.vmid} rolled back to {res.name} and started")
+        if res.protected:
+            _say("note: protection=1 guards removal only; PVE rolls back regardless")
+
+    _run(opts, body)
 
 
-@app.command()
+@_command(common=_CONNECTION)
 def backup(
-    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), storage: StorageOpt = "local",
+    opts: "Options",
+    stack: StackArg,
+    *,
+    storage: StorageOpt = "local",
     mode: Annotated[str, typer.Option(help="snapshot | suspend | stop")] = "snapshot",
     compress: Annotated[str, typer.Option(help="zstd | gzip | 0")] = "zstd",
-    insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+) -> None:
     """Back the CT up with vzdump (notes name the stack)."""
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+    from pvestack._errors import PvestackError  # noqa: PLC0415
+
     if mode not in ("snapshot", "suspend", "stop") or compress not in ("zstd", "gzip", "0"):
-        _fail(PvestackError("--mode: snapshot|suspend|stop, --compress: zstd|gzip|0"))
-    client, guest = _open(config, insecure, stack)
-    m, c = cast("daytwo.BackupMode", mode), cast("daytwo.Compression", compress)
-    res = _guard(lambda: daytwo.backup(client, guest, storage=storage, mode=m, compress=c))
-    out.print(f"backup {res.backup.volid} ({res.backup.size} bytes, mode {res.mode_used})",
-              markup=False)  # fmt: skip
-    for line in res.excluded:
-        out.print(f"  not in it: {line}", markup=False)
+        raise _fail(PvestackError("--mode: snapshot|suspend|stop, --compress: zstd|gzip|0"))
+
+    def body(s: "Session") -> None:
+        guest = _guest_of(s, stack)
+        m = cast("daytwo.BackupMode", mode)
+        c = cast("daytwo.Compression", compress)
+        res = daytwo.backup(s.client, guest, storage=storage, mode=m, compress=c)
+        _say(f"backup {res.backup.volid} ({res.backup.size} bytes, mode {res.mode_used})")
+        for line in res.excluded:
+            _say(f"  not in it: {line}")
+
+    _run(opts, body)
 
 
-@app.command()
+@_command(common=_CONNECTION)
 def backups(
-    stack: StackArg, *, config: ConfigOpt = Path(DEFAULT_FILE), storage: StorageOpt = "local",
-    json_out: JsonOpt = False, insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+    opts: "Options", stack: StackArg, *, storage: StorageOpt = "local", json_out: JsonOpt = False
+) -> None:
     """List the stack's backups and PVE's restore command."""
-    client, guest = _open(config, insecure, stack)
-    found = _guard(lambda: daytwo.list_backups(client, guest, storage))
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+
+    found = _run(opts, lambda s: daytwo.list_backups(s.client, _guest_of(s, stack), storage))
     if json_out:
         _print_json([{"volid": b.volid, "size": b.size, "created": b.created.isoformat(),
                       "notes": b.notes, "protected": b.protected} for b in found])  # fmt: skip
         return
     for b in found:
-        out.print(f"{b.created:%Y-%m-%d %H:%M} {b.volid} {b.size} {b.notes}", markup=False)
+        _say(f"{b.created:%Y-%m-%d %H:%M} {b.volid} {b.size} {b.notes}")
     if found:
         cmd = daytwo.restore_command(found[-1], 0, "local-lvm").replace(" 0 ", " NEW_VMID ")
-        out.print(f"restore (as root on the node): {cmd}", markup=False)
+        _say(f"restore (as root on the node): {cmd}")
 
 
-@app.command()
-def status(
-    *, config: ConfigOpt = Path(DEFAULT_FILE), json_out: JsonOpt = False,
-    insecure: InsecureOpt = False,
-) -> None:  # fmt: skip
+@_command(common=_CONNECTION)
+def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
     """One line per stack: CT state, addresses, uptime, pvestack snapshots."""
-    cfg = _load(config)
-    client = _client(cfg, insecure)
-    rows = []
-    for st in cfg.stack:
-        name, node, vmid = st.name, st.node, None if st.vmid == "auto" else int(st.vmid)
-        rows.append(_guard(lambda: daytwo.stack_status(client, name, node, vmid)))  # noqa: B023
+    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+
+    def body(s: "Session") -> list[Any]:
+        return [
+            daytwo.stack_status(s.client, st.name, st.container.node, st.container.vmid)
+            for st in s.containers.stacks
+        ]
+
+    rows = _run(opts, body)
     if json_out:
         _print_json([r.to_json() for r in rows])
         return
     for r in rows:
         addrs = ",".join(r.addresses) or "-"
-        out.print(f"{r.stack:<16} CT {r.vmid or '-':<6} {r.state:<8} {addrs:<20} "
-                  f"up {r.uptime_s}s  snapshots {len(r.snapshots)}"
-                  + (f"  lock {r.lock}" if r.lock else ""), markup=False)  # fmt: skip
-
-
-app.add_typer(lab_app, name="lab", help="the lab: a PVE-node emulator on real LXC")
+        _say(
+            f"{r.stack:<16} CT {r.vmid or '-':<6} {r.state:<8} {addrs:<20} "
+            f"up {r.uptime_s}s  snapshots {len(r.snapshots)}"
+            + (f"  lock {r.lock}" if r.lock else "")
+        )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Secret
 from pvestack._config import StackFile
+from pvestack._desired import build_desired
 from pvestack._engine import (
     Outcome,
     RootAccess,
@@ -47,7 +48,7 @@ NO_ROOT = RootAccess(None, 'root.via = "console": run the printed script', "cons
 
 
 def token_apply(cfg: StackFile, client: PveClient, **kw: Any) -> Any:
-    p = plan(cfg, client, **kw).plan
+    p = plan(build_desired(cfg), client, **kw).plan
     return apply(p, client, root=NO_ROOT)
 
 
@@ -92,7 +93,7 @@ def test_second_plan_shows_only_root_steps(
     pve: Any, stack_cfg: StackFile, client: PveClient, recorder: Any
 ) -> None:
     token_apply(stack_cfg, client)
-    second = plan(stack_cfg, client)
+    second = plan(build_desired(stack_cfg), client)
     p = second.plan
     assert p.by_actor(Actor.API) == ()
     assert {a.id for a in p.by_actor(Actor.ROOT)} >= {
@@ -112,12 +113,12 @@ def test_second_plan_shows_only_root_steps(
 
 
 def test_interrupted_apply_resumes(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
-    p = plan(stack_cfg, client).plan
+    p = plan(build_desired(stack_cfg), client).plan
     # only the first two actions ran (template, create), then the run was cut off
     partial = Plan(actions=p.actions[:2])
     apply(partial, client, root=NO_ROOT)
     assert pve.ct(118).status == "stopped"
-    p2 = plan(stack_cfg, client).plan
+    p2 = plan(build_desired(stack_cfg), client).plan
     assert "hermes:template" not in {a.id for a in p2.actions}
     assert "hermes:ct:create" not in {a.id for a in p2.actions}
     assert "hermes:ct:start" in {a.id for a in p2.actions}
@@ -173,7 +174,7 @@ def test_foreign_guest_at_the_vmid_is_refused_and_untouched(
 ) -> None:
     pve.add_ct(118, "hermes", node="gihyeon", status="running", config={"memory": 1024})
     before = dict(pve.ct(118).config)
-    result = plan(stack_cfg, client)
+    result = plan(build_desired(stack_cfg), client)
     assert result.plan.actions == ()
     assert len(result.plan.refused) == 1
     assert "without the pvestack mark" in result.plan.refused[0]
@@ -195,7 +196,7 @@ def test_adopt_adds_the_mark(pve: Any, stack_cfg: StackFile, client: PveClient) 
             "rootfs": "local-lvm:vm-118-disk-0,size=24G",
         },
     )
-    p = plan(stack_cfg, client, adopt=True).plan
+    p = plan(build_desired(stack_cfg), client, adopt=True).plan
     config = next(a for a in p.actions if a.id == "hermes:ct:config")
     assert config.before["memory"] == "1024" and config.after["memory"] == "4096"
     res = apply(p, client, root=NO_ROOT)
@@ -203,7 +204,7 @@ def test_adopt_adds_the_mark(pve: Any, stack_cfg: StackFile, client: PveClient) 
     cfg = pve.ct(118).config
     assert "pvestack" in cfg["tags"] and "pvestack-stack: hermes" in cfg["description"]
     # now it is ours: a plain plan manages it
-    assert plan(stack_cfg, client).plan.refused == ()
+    assert plan(build_desired(stack_cfg), client).plan.refused == ()
 
 
 # ---------------------------------------------------------------- destroy
@@ -213,7 +214,7 @@ def test_destroy_only_marked_and_names_volumes(
     pve: Any, stack_cfg: StackFile, client: PveClient
 ) -> None:
     token_apply(stack_cfg, client)
-    dp = destroy_plan(stack_cfg, client)
+    dp = destroy_plan(build_desired(stack_cfg), client)
     assert [t.vmid for t in dp.targets] == [118]
     t = dp.targets[0]
     assert any(v.startswith("rootfs: local-lvm:") for v in t.volumes)
@@ -226,7 +227,7 @@ def test_destroy_only_marked_and_names_volumes(
 def test_destroy_respects_protection(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
     token_apply(stack_cfg, client)
     pve.ct(118).config["protection"] = 1
-    dp = destroy_plan(stack_cfg, client)
+    dp = destroy_plan(build_desired(stack_cfg), client)
     assert dp.targets[0].protected
     res = destroy(dp, client)
     assert res.done == () and "protection=1" in res.skipped[0]
@@ -235,7 +236,7 @@ def test_destroy_respects_protection(pve: Any, stack_cfg: StackFile, client: Pve
 
 def test_destroy_refuses_foreign(pve: Any, stack_cfg: StackFile, client: PveClient) -> None:
     pve.add_ct(118, "byhand", node="gihyeon")
-    dp = destroy_plan(stack_cfg, client)
+    dp = destroy_plan(build_desired(stack_cfg), client)
     assert dp.targets == () and "never deletes it" in dp.refused[0]
 
 
@@ -359,7 +360,7 @@ def test_console_poll_lists_what_root_has_not_done_yet(
     pve: Any, stack_cfg: StackFile, client: PveClient
 ) -> None:
     token_apply(stack_cfg, client)
-    p = plan(stack_cfg, client).plan
+    p = plan(build_desired(stack_cfg), client).plan
     missing = root_effects_missing(client, p)
     before = missing()
     assert any("features" in m and "keyctl=1,nesting=1" in m for m in before)
@@ -370,7 +371,7 @@ def test_console_poll_lists_what_root_has_not_done_yet(
     ct.config["mp0"] = "/mnt/pve/hdd/hermes,mp=/data"
     ct.config["mp1"] = "/media/2tb/hermes,mp=/fast"
     assert missing() == []
-    after = plan(stack_cfg, client).plan
+    after = plan(build_desired(stack_cfg), client).plan
     assert after.by_actor(Actor.API) == () and after.by_actor(Actor.ROOT) == ()
 
 
@@ -458,11 +459,11 @@ def test_pending_change_is_seen_and_a_reboot_applies_it(
     )
     # root set the mounts while it ran; PVE keeps a change it cannot hotplug pending
     ct.pending["mp1"] = "/media/2tb/hermes,mp=/fast,backup=0"
-    result = plan(stack_cfg, client)
+    result = plan(build_desired(stack_cfg), client)
     reboot = next(a for a in result.plan.actions if a.id == "hermes:ct:reboot")
     assert reboot.actor is Actor.API and "pending now: mp1" in reboot.reason
     assert result.api_calls <= 4
     apply(result.plan, client, root=NO_ROOT)
     assert ct.pending == {}
-    p = plan(stack_cfg, client).plan
+    p = plan(build_desired(stack_cfg), client).plan
     assert p.by_actor(Actor.API) == ()

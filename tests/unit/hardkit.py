@@ -13,9 +13,10 @@ from typing import Any
 from pvestack import _engine as engine
 from pvestack._commands import Step
 from pvestack._config import StackFile
-from pvestack._desired import build_desired, check_apps
+from pvestack._desired import build_desired
 from pvestack._model import ObservedStack, ObservedState, Plan
-from pvestack._plan import plan, render_text
+from pvestack._plan import plan
+from pvestack._render import render_text
 from pvestack.executors import _console as console
 
 #: part -> Counter(tried=, passed=): printed by conftest.pytest_terminal_summary
@@ -126,9 +127,7 @@ def env_secrets_only(cfg: StackFile) -> bool:
 def plan_for(cfg: StackFile, env: Mapping[str, str]) -> tuple[Plan, str, tuple[Step, ...], str]:
     """Plan against an empty cluster: the plan, its text, the console script's steps and
     the script (the same calls the CLI's plan / console-script make)."""
-    with_apps = env_secrets_only(cfg)
-    if with_apps:
-        check_apps(cfg)
+    with_apps = env_secrets_only(cfg)  # build_desired validates the apps first
     desired = build_desired(cfg, source=cfg.source_file, env=env, with_apps=with_apps)
     p = plan(desired, empty_cluster(cfg, desired))
     text = render_text(p, root_via=cfg.root.via)

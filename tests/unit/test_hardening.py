@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from pvestack._commands import Command, Step, comment, display, quote, render_script, render_shell
 from pvestack._config import SYSTEM_PATHS, SYSTEM_TREES, load_config, parse_config
-from pvestack._desired import build_desired, check_apps
+from pvestack._desired import build_desired
 from pvestack._errors import ConfigError
 from pvestack._model import (
     Action,
+    ActionKind,
     Actor,
     BindMount,
     Change,
@@ -29,10 +30,14 @@ from pvestack._model import (
     IdMap,
     ObservedStack,
     ObservedState,
+    Owned,
     Plan,
+    Target,
+    TargetKind,
+    mark_owner,
 )
-from pvestack._observe import mark_owner
-from pvestack._plan import plan, render_text
+from pvestack._plan import plan
+from pvestack._render import render_text
 from pvestack._steps import root
 from pvestack.cli import app
 from pvestack.recipes import _render
@@ -201,7 +206,7 @@ def test_values_reaching_scripts_net0_or_urls_are_checked(old: str, new: str, ke
         got = problems(text)
     except pytest.fail.Exception:  # valid for the loader: the recipe must refuse it
         with pytest.raises(ConfigError) as ei:
-            check_apps(parse_config(text, "stack.toml", env=ENV))
+            build_desired(parse_config(text, "stack.toml", env=ENV), env=ENV)
         got = {p.key: (p.line, p.message) for p in ei.value.problems}
     assert key in got, got
 
@@ -324,8 +329,10 @@ def test_idmap_problems_name_the_line_and_the_mount_field() -> None:
 
 def test_plan_text_escapes_control_characters() -> None:
     a = Action(
-        id="s:ct:config", change=Change.UPDATE, target="lxc/1 on n\x1b]0;x\x07", actor=Actor.API,
-        reason="why\x1b[2J", before={"description": "old\x1b[2J"}, after={"description": "new"},
+        id="s:ct:config", kind=ActionKind.CONFIG_UPDATE, change=Change.UPDATE,
+        target=Target(TargetKind.LXC, "n\x1b]0;x\x07", 1), actor=Actor.API,
+        precondition=Owned("s"), reason="why\x1b[2J", before={"description": "old\x1b[2J"},
+        after={"description": "new"},
     )  # fmt: skip
     out = render_text(Plan(actions=(a,), refused=("r\x1b[2J",), warnings=("w\x9b2J",)))
     assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out

@@ -13,6 +13,7 @@ from pvestack._errors import ReplacementRequired
 from pvestack._model import (
     Action,
     Actor,
+    Adopt,
     Change,
     DesiredState,
     GuestSummary,
@@ -22,7 +23,8 @@ from pvestack._model import (
     ObservedState,
 )
 from pvestack._observe import mark_owner
-from pvestack._plan import plan, render_text, same_value
+from pvestack._plan import plan, same_value
+from pvestack._render import render_text
 
 PBS = GuestSummary(110, "gihyeon", "lxc", "pbs", "running", ())
 CONVERGED: dict[str, str] = {
@@ -339,7 +341,7 @@ def test_adopt_shows_the_diff_and_adds_the_mark(example_desired: DesiredState) -
     a = p.actions[0]
     assert set(a.after) == {"memory", "tags", "description"}
     assert a.before["tags"] is None
-    assert a.precondition == "adopt:hermes"
+    assert a.precondition == Adopt("hermes")
     assert any("adopting" in w for w in p.warnings)
 
 
@@ -375,7 +377,9 @@ def test_json_shape_is_stable(example_desired: DesiredState) -> None:
     p = plan(example_desired, observed(CONVERGED | {"memory": "2048"}))
     data = json.loads(json.dumps(p.to_json()))
     assert data["format_version"] == 1 and data["changes"] is True
-    assert data["actions"] == [
+    # the README's documented keys stay as they were; new keys are only added
+    documented = ("id", "stack", "action", "target", "actor", "reason", "before", "after")
+    assert [{k: a[k] for k in documented} for a in data["actions"]] == [
         {
             "id": "hermes:ct:config",
             "stack": "hermes",
@@ -387,6 +391,10 @@ def test_json_shape_is_stable(example_desired: DesiredState) -> None:
             "after": {"memory": "4096"},
         }
     ]
+    a = data["actions"][0]
+    assert a["kind"] == "config-update"
+    assert a["target_ref"] == {"kind": "lxc", "node": "gihyeon", "vmid": 118, "path": ""}
+    assert a["precondition"] == "marked by stack hermes"
 
 
 def test_text_output_names_actor_and_symbols(example_desired: DesiredState) -> None:

@@ -12,7 +12,16 @@ from typing import Any
 from pvestack._commands import Command, Payload, Secret, Step, cmd, mask
 from pvestack._engine import Outcome, RootAccess, apply
 from pvestack._errors import RootStepError
-from pvestack._model import Action, Actor, Change, Plan
+from pvestack._model import (
+    Action,
+    ActionKind,
+    Actor,
+    Change,
+    HostDirState,
+    Plan,
+    Target,
+    TargetKind,
+)
 from pvestack.executors._base import CommandOutput
 
 
@@ -52,13 +61,14 @@ class LocalTransport:
 def root_action(aid: str, *steps: Step, stack: str = "s", actor: Actor = Actor.ROOT) -> Action:
     return Action(
         id=aid,
+        kind=ActionKind.HOST_DIR,
         change=Change.CREATE,
-        target="node:/tmp",
+        target=Target(TargetKind.HOST_PATH, "node", None, "/tmp"),
         actor=actor,
         reason="test",
         stack=stack,
         steps=steps,
-        precondition="host",
+        precondition=HostDirState("/tmp"),
     )
 
 
@@ -147,4 +157,98 @@ def test_failure_stops_the_stack_and_is_masked(tmp_path: Path) -> None:
     assert outcomes["s:after"].outcome is Outcome.PENDING
     assert outcomes["other:ok"].outcome is Outcome.DONE
     assert res.exit_code == 1
+    # pending because of the failure, and it says so (no bare "pending:" line)
+    assert res.pending_reason == "an earlier step failed"
     assert not (tmp_path / "after").exists() and (tmp_path / "other").is_dir()
+
+
+# ---------------------------------------------------------------- HostDirState, re-checked
+
+
+def host_dir_action(path: Path, state: HostDirState) -> Action:
+    return Action(
+        id="s:host:mp0",
+        kind=ActionKind.HOST_DIR,
+        change=Change.CREATE,
+        target=Target(TargetKind.HOST_PATH, "node", 118, str(path)),
+        actor=Actor.ROOT,
+        reason="test",
+        stack="s",
+        steps=(mkdir_step(path),),
+        precondition=state,
+    )
+
+
+def test_host_dir_refused_when_a_component_became_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "mnt").symlink_to(real)
+    path = tmp_path / "mnt" / "data"
+    t = LocalTransport()
+    res = apply(
+        Plan(actions=(host_dir_action(path, HostDirState(str(path), exists=False)),)),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(t),
+    )
+    r = res.results[0]
+    assert r.outcome is Outcome.FAILED
+    assert f"{tmp_path / 'mnt'} is a symbolic link" in r.detail
+    assert t.ran == [] and list(real.iterdir()) == []
+    assert res.exit_code == 1
+
+
+def test_host_dir_refused_when_it_appeared_or_changed_owner(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.mkdir()
+    st = path.stat()
+    t = LocalTransport()
+    for state, text in (
+        (HostDirState(str(path), exists=False), "exists now"),
+        (HostDirState(str(path), True, st.st_uid + 1, st.st_gid), "the plan saw"),
+    ):
+        res = apply(Plan(actions=(host_dir_action(path, state),)), None, root=RootAccess(t))  # type: ignore[arg-type]
+        assert res.results[0].outcome is Outcome.FAILED and text in res.results[0].detail
+    assert t.ran == []
+    # as planned: it runs (the guard sees the directory: already done)
+    res = apply(
+        Plan(actions=(host_dir_action(path, HostDirState(str(path), True, st.st_uid, st.st_gid)),)),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(t),
+    )
+    assert res.results[0].outcome is Outcome.SKIPPED
+
+
+def test_host_dir_refused_when_a_file_replaced_it(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_text("x")
+    res = apply(
+        Plan(
+            actions=(
+                host_dir_action(
+                    path,
+                    HostDirState(str(path)),
+                ),
+            )
+        ),
+        None,  # type: ignore[arg-type]
+        root=RootAccess(LocalTransport()),
+    )
+    assert "is not a directory" in res.results[0].detail
+
+
+def test_guest_actions_go_through_the_guest_transport(tmp_path: Path) -> None:
+    """The seam for a transport that reaches the guest directly: the engine sends guest
+    steps to ``RootAccess.guest`` when set, root steps to the root transport."""
+    root_t, guest_t = LocalTransport(), LocalTransport()
+    p = Plan(
+        actions=(
+            root_action("s:dir", mkdir_step(tmp_path / "r")),
+            root_action("s:app", mkdir_step(tmp_path / "g"), actor=Actor.GUEST),
+        )
+    )
+    res = apply(p, None, root=RootAccess(root_t, guest=guest_t))  # type: ignore[arg-type]
+    assert [r.outcome for r in res.results] == [Outcome.DONE, Outcome.DONE]
+    assert root_t.ran == [f"mkdir -p {tmp_path / 'r'}"]
+    assert guest_t.ran == [f"mkdir -p {tmp_path / 'g'}"]
+    # without one, the root transport carries them (pct exec/push)
+    assert RootAccess(root_t).guest_transport is root_t

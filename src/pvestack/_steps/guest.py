@@ -41,7 +41,19 @@ import posixpath
 from collections.abc import Sequence
 
 from pvestack._commands import Command, Payload, Secret, Step, cmd
-from pvestack._model import Action, Actor, AppFile, AppSpec, Change, ObservedStack, StackSpec
+from pvestack._model import (
+    Action,
+    ActionKind,
+    Actor,
+    AppFile,
+    AppSpec,
+    Change,
+    ObservedStack,
+    Running,
+    StackSpec,
+    Target,
+    TargetKind,
+)
 
 DOCKER_KEY_URL = "https://download.docker.com/linux/debian/gpg"
 DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
@@ -429,8 +441,9 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
     facts = observed.guest_facts
     running = observed.container is not None and observed.container.status == "running"
     known = running and bool(facts or observed.guest_files)
-    target = f"lxc/{vmid} on {stack.container.node}"
-    pre = f"running:{stack.name}"
+    node = observed.container.node if observed.container is not None else stack.container.node
+    target = Target.lxc(node, vmid)
+    pre = Running(stack.name)
     actions: list[Action] = []
 
     docker_ok = facts.get("docker") == "ok" and facts.get("compose", "missing") != "missing"
@@ -438,6 +451,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         actions.append(
             Action(
                 id=f"{stack.name}:guest:docker",
+                kind=ActionKind.GUEST_DOCKER,
                 change=Change.CREATE if facts.get("docker") == "missing" else Change.RUN,
                 target=target,
                 actor=Actor.GUEST,
@@ -474,8 +488,9 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         actions.append(
             Action(
                 id=f"{stack.name}:guest:file:{f.path}",
+                kind=ActionKind.GUEST_FILE,
                 change=Change.CREATE if there == "absent" else Change.UPDATE,
-                target=f"{f.path} in {target}",
+                target=Target(TargetKind.GUEST_PATH, node, vmid, f.path),
                 actor=Actor.GUEST,
                 reason=f"{app.recipe} file"
                 + (" (not observed: written only if different)" if in_sync is None else ""),
@@ -496,6 +511,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         actions.append(
             Action(
                 id=f"{stack.name}:guest:image:{img.ref}",
+                kind=ActionKind.GUEST_IMAGE,
                 change=Change.CREATE,
                 target=target,
                 actor=Actor.GUEST,
@@ -514,6 +530,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         actions.append(
             Action(
                 id=f"{stack.name}:guest:up",
+                kind=ActionKind.GUEST_UP,
                 change=Change.RUN,
                 target=target,
                 actor=Actor.GUEST,

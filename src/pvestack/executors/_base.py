@@ -29,3 +29,13 @@ class RootTransport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class GuestTransport(Protocol):
+    """Runs guest ``Step``s (inside a container). The engine chooses it: today the root
+    transport (the steps are ``pct exec``/``pct push`` on the node); a transport that
+    reaches the guest directly plugs in here."""
+
+    def run_step(self, step: Step, *, on_output: Callable[[str], None] | None = None) -> bool:
+        """As ``RootTransport.run_step``: True if the commands ran, False if already done."""
+        ...

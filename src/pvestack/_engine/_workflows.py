@@ -1,0 +1,195 @@
+"""The workflows the CLI runs, one function each, on one ``Session``:
+plan, apply (with the console hand-off loop, then verify), destroy, verify, the
+console script. The CLI parses options, calls one of these and renders the result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pvestack._client import PveClient
+from pvestack._engine._apply import ApplyResult, ProgressHook, apply
+from pvestack._engine._console import (
+    console_actions,
+    render_console_script,
+    root_effects_missing,
+)
+from pvestack._engine._destroy import DestroyPlan, DestroyResult, destroy, destroy_plan
+from pvestack._engine._facts import TransportFactReader
+from pvestack._engine._session import RootAccess, Session
+from pvestack._errors import PvestackError
+from pvestack._model import Action, DesiredState, ObservedState, Plan
+from pvestack._observe import FactReader, observe
+from pvestack._plan import plan as make_plan
+from pvestack.verify import VerifyReport, verify
+
+Poll = Callable[[], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    desired: DesiredState
+    observed: ObservedState
+    plan: Plan
+    api_calls: int
+    notes: tuple[str, ...] = ()  # e.g. why host facts were not read
+    root_via: str = ""
+
+
+def plan(
+    desired: DesiredState,
+    client: PveClient,
+    *,
+    adopt: bool = False,
+    reader: FactReader | None = None,
+) -> PlanResult:
+    """Observe, then plan ``desired`` (one step of every workflow)."""
+    before = client.calls
+    observed = observe(client, desired, reader=reader)
+    p = make_plan(desired, observed, adopt=adopt)
+    return PlanResult(desired, observed, p, client.calls - before)
+
+
+def _plan(s: Session, root: RootAccess | None) -> PlanResult:
+    reader = TransportFactReader(root.transport) if root and root.transport else None
+    o = s.options
+    result = plan(s.desired, s.client, adopt=o.adopt, reader=reader)
+    notes: tuple[str, ...] = ()
+    if root is not None and root.transport is None and root.via == "ssh":
+        notes = (f"host facts not read: {root.reason}",)
+    return replace(result, notes=notes, root_via=s.cfg.root.via)
+
+
+def plan_run(s: Session) -> PlanResult:
+    """``pvestack plan``: reads host and guest facts as root only when SSH is configured."""
+    return _plan(s, s.root if s.cfg.root.via == "ssh" else None)
+
+
+# ---------------------------------------------------------------- apply
+
+
+@dataclass(frozen=True)
+class ApplyHooks:
+    """What the caller shows and asks along the way (all optional)."""
+
+    on_plan: Callable[[Plan, str], None] | None = None  # each plan (and root.via), first
+    confirm: Callable[[Plan], None] | None = None  # before adopting (raise to stop)
+    on_progress: ProgressHook | None = None
+    # show the console script and wait until ``poll`` lists nothing (a terminal is
+    # there); None: the script is returned in the result instead
+    hand_off: Callable[[str, Poll], None] | None = None
+    on_verify: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class ApplyRun:
+    plan: Plan  # the last plan run
+    result: ApplyResult
+    script: str | None = None  # the console script still to run (not handed off)
+    report: VerifyReport | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def exit_code(self) -> int:
+        if self.report is not None and not self.report.ok:
+            return 1
+        return self.result.exit_code
+
+
+def _apply_plan(s: Session, p: Plan, hooks: ApplyHooks) -> ApplyResult:
+    if not p.actions:
+        return ApplyResult((), p)
+    return apply(p, s.client, root=s.root, on_progress=hooks.on_progress)
+
+
+def apply_run(s: Session, hooks: ApplyHooks = ApplyHooks(), *, run_verify: bool = True) -> ApplyRun:
+    """``pvestack apply``: plan, apply; in console mode hand the root script over, wait
+    for its effects through the API, plan again and continue; then verify."""
+    root = s.root
+    notes = (root.reason,) if root.transport is None and root.via == "ssh" else ()
+    p = _plan(s, root).plan
+    if hooks.on_plan is not None:
+        hooks.on_plan(p, s.cfg.root.via)
+    if p.actions and s.options.adopt and hooks.confirm is not None:
+        hooks.confirm(p)
+    res = _apply_plan(s, p, hooks)
+    script = None
+    if res.exit_code == 3 and root.via == "console":
+        # the token's part changed the node (e.g. started the CT): the script comes
+        # from a fresh plan, so it holds what is needed now (the reboot, for one)
+        fresh = _plan(s, None).plan
+        script = render_console_script(fresh, source=s.cfg.source_file)
+        if script is not None and hooks.hand_off is not None:
+            hooks.hand_off(script, root_effects_missing(s.client, fresh))
+            script = None  # printed, and its effects seen
+            p = _plan(s, None).plan
+            if hooks.on_plan is not None:
+                hooks.on_plan(p, s.cfg.root.via)
+            res = _apply_plan(s, p, hooks)
+    report = None
+    if run_verify and res.exit_code == 0:
+        if hooks.on_verify is not None:
+            hooks.on_verify()
+        report = verify_run(s)
+    return ApplyRun(p, res, script, report, notes)
+
+
+# ---------------------------------------------------------------- destroy / verify / script
+
+
+@dataclass(frozen=True)
+class DestroyRun:
+    plan: DestroyPlan
+    result: DestroyResult
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.plan.to_json(), "result": self.result.to_json()}
+
+
+def destroy_run(
+    s: Session,
+    *,
+    confirm: Callable[[DestroyPlan], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> DestroyRun:
+    """``pvestack destroy``: the marked containers of this file; ``confirm`` sees the
+    destroy plan first (raise to stop). Exit code 1 when a guest was refused."""
+    dp = destroy_plan(s.containers, s.client)
+    if not dp.targets:
+        return DestroyRun(dp, DestroyResult(refused=dp.refused))
+    if confirm is not None:
+        confirm(dp)
+    return DestroyRun(dp, destroy(dp, s.client, on_progress=on_progress))
+
+
+def verify_run(s: Session) -> VerifyReport:
+    """Observe, then run the verify checks on the containers carrying this file's marks."""
+    desired = s.desired
+    observed = observe(s.client, desired)
+    vmids: dict[str, int | None] = {}
+    for st in observed.stacks:
+        c = st.container
+        vmids[st.name] = c.vmid if c is not None and c.owner_stack == st.name else None
+    return verify(desired, vmids, s.client.get, s.root.transport)
+
+
+@dataclass(frozen=True)
+class ConsoleScript:
+    script: str | None  # None: no root step pending
+    left: tuple[Action, ...]  # actions a printed script cannot carry (they hold a secret)
+
+
+def console_script_run(s: Session) -> ConsoleScript:
+    """``pvestack console-script``: the current plan's root steps as one script."""
+    p = _plan(s, None).plan
+    _in_script, left = console_actions(p)
+    try:
+        script = render_console_script(p, source=s.cfg.source_file)
+    except ValueError as e:  # a secret in a step: render_script refuses
+        raise PvestackError(str(e)) from None
+    return ConsoleScript(script, left)

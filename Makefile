@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PVESTACK := $(VENV)/bin/pvestack
-APT_PACKAGES := lxc lxc-templates debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
+APT_PACKAGES := lxc lxc-templates busybox-static debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
 	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose tmux
 
 .PHONY: setup apt venv demo test lint unit contract labtest bench clean

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from pvelab.backend.auth import AuthStore, Identity
 from pvelab.backend.errors import permission_denied
+from pvelab.backend.privileges import bridge_path
 from pvelab.backend.schema import lxc_option_schema, parse_property_string
 
 NEW_DISK = re.compile(r"^([a-zA-Z][a-zA-Z0-9\-_.]*[a-zA-Z0-9]):(\d+(\.\d+)?)$")
@@ -67,6 +68,21 @@ def _features_change(
     return False, bool(flags)
 
 
+def check_bridge_access(auth: AuthStore, who: Identity, raw: str) -> None:
+    """pve-container's ``check_bridge_access`` -> pve-guest-common's ``check_vnet_access``:
+    SDN.Use on ``/sdn/zones/localnetwork/<bridge>`` (``/<tag>`` with a VLAN tag)."""
+    if who.is_root:
+        return
+    sch = lxc_option_schema("net0")
+    try:
+        net = parse_property_string(sch["format"], raw) if sch else {}
+    except ValueError:
+        return
+    bridge = net.get("bridge")
+    if bridge:
+        auth.require(who, bridge_path(bridge, net.get("tag")), "SDN.Use")
+
+
 def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-container's
     auth: AuthStore,
     who: Identity,
@@ -98,6 +114,9 @@ def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-con
             auth.require(who, vm, "VM.Config.Memory")
         elif re.fullmatch(r"net\d+", opt):
             auth.require(who, vm, "VM.Config.Network")
+            for raw in ((old or {}).get(opt), None if deleting else new.get(opt)):
+                if raw:
+                    check_bridge_access(auth, who, raw)
         elif re.fullmatch(r"dev\d+", opt):
             raise permission_denied("configuring device passthrough is only allowed for root@pam")
         elif opt in ("nameserver", "searchdomain", "hostname"):

@@ -159,6 +159,7 @@ class Lab:
         for tpl in build_templates(self.cache):
             say(f"template: {tpl.path.name} sha512 {tpl.sha512[:16]}...")
         network.up(self.net)
+        self._tell_network()
         say(f"network: {self.settings.bridge} {self.settings.subnet} (dnsmasq, NAT)")
         if procs.running(self.http_pidfile, "http.server") is None:
             _need_free_port(self.settings.http_port)
@@ -259,6 +260,14 @@ class Lab:
             json.dump({"tokenid": TOKEN_ID, "secret": secret,
                        "root_tokenid": ROOT_TOKEN_ID, "root_secret": root_secret}, f)  # fmt: skip
         self.secrets_file.chmod(0o600)
+
+    def _tell_network(self) -> None:
+        from pvelab.backend.netinfo import NetInfo  # noqa: PLC0415
+
+        net = self.net
+        NetInfo(self.dir / "etc" / "pve").tell(
+            {net.bridge: f"{net.gateway}/{net.network.prefixlen}"}
+        )
 
     def root_token(self) -> tuple[str, str]:
         """``(tokenid, secret)`` of the lab's root@pam token, for root-only lab work."""

@@ -65,7 +65,7 @@ def nodes(r: Request) -> Any:
 
 def node_index(r: Request) -> Any:
     r.check_node()
-    return _children("aplinfo", "apt", "lxc", "status", "storage", "tasks", "version")
+    return _children("aplinfo", "apt", "lxc", "network", "status", "storage", "tasks", "version")
 
 
 def node_status(r: Request) -> Any:
@@ -116,6 +116,11 @@ def ticket(r: Request) -> Any:
 def apt_versions(r: Request) -> Any:
     r.check_node()
     return r.node.apt_versions()
+
+
+def network(r: Request) -> Any:
+    r.check_node()
+    return r.node.netinfo.listing(r.opt("type"))
 
 
 def aplinfo(r: Request) -> Any:

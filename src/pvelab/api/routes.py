@@ -27,6 +27,7 @@ ROUTES: Mapping[tuple[str, str], Handler] = {
     ("POST", "/access/ticket"): h.ticket,
     ("GET", "/nodes/{node}/apt/versions"): h.apt_versions,
     ("GET", "/nodes/{node}/aplinfo"): h.aplinfo,
+    ("GET", "/nodes/{node}/network"): h.network,
     ("POST", "/nodes/{node}/aplinfo"): h.apl_download,
     ("GET", "/nodes/{node}/storage"): h.storage_list,
     ("GET", "/nodes/{node}/storage/{storage}/status"): h.storage_status,

@@ -32,6 +32,7 @@ from pvelab.backend.aplinfo import AplInfo
 from pvelab.backend.auth import ROOT, AuthStore, Identity
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.errors import PveError, TaskFailed, param_error, permission_denied
+from pvelab.backend.netinfo import NetInfo
 from pvelab.backend.packages import Packages
 from pvelab.backend.perms import (
     NEW_DISK,
@@ -146,6 +147,7 @@ class Node:
         self._fail_next: dict[str, str] = {}
         self.packages = Packages(self.etc)
         self.aplinfo = AplInfo(lab_dir)
+        self.netinfo = NetInfo(self.etc)
 
     # ------------------------------------------------------------------ locking and files
 

@@ -67,6 +67,8 @@ RULES: tuple[Rule, ...] = (
          "pve-manager PVE/API2/Nodes.pm status"),
     Rule("GET", "/nodes/{node}/apt/versions", _perm("/nodes/{node}", "Sys.Audit"),
          "pve-manager PVE/API2/APT.pm versions"),
+    Rule("GET", "/nodes/{node}/network", None,
+         "pve-manager PVE/API2/Network.pm index: user => all"),
     Rule("GET", "/nodes/{node}/aplinfo", None, "pve-manager PVE/API2/Nodes.pm aplinfo: all"),
     Rule("POST", "/nodes/{node}/aplinfo", _perm("/storage/{storage}", "Datastore.AllocateTemplate"),
          "pve-manager PVE/API2/Nodes.pm apl_download"),

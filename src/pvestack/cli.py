@@ -473,6 +473,47 @@ def _print_verify(report: Any) -> None:
 # ---------------------------------------------------------------- schema / version
 
 
+# ---------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(
+    *,
+    config: ConfigOpt = Path(DEFAULT_FILE),
+    json_out: JsonOpt = False,
+    insecure: InsecureOpt = False,
+    api_url: ApiUrlOpt = None,
+    token_id: TokenIdOpt = None,
+    fingerprint: FingerprintOpt = None,
+    ca_file: CaFileOpt = None,
+    node: NodeOpt = None,
+    root_via: RootViaOpt = None,
+) -> None:
+    """Read-only checks before anything is touched: API and TLS pin, token, privileges
+    (with the pveum commands that grant what is missing), node, storages, bridge,
+    template, vmid, lxc-pve vs runc, root transport. Exit 1 on a fail."""
+    from pvestack._desired import build_desired  # noqa: PLC0415 (the lead wires it in)
+    from pvestack._doctor import RootSettings, render_doctor  # noqa: PLC0415
+    from pvestack._doctor import doctor as run_doctor  # noqa: PLC0415
+
+    cfg = _load(
+        config, api_url=api_url, token_id=token_id, fingerprint=fingerprint,
+        ca_file=ca_file, node=node, root_via=root_via,
+    )  # fmt: skip
+    client = _client(cfg, insecure)
+    desired = _guard(lambda: build_desired(cfg, source=cfg.source_file, with_apps=False))
+    ssh = cfg.root.ssh
+    root = RootSettings(cfg.root.via, ssh.host, ssh.port, ssh.known_hosts)
+    report = _guard(lambda: run_doctor(client, desired, root, token_id=cfg.pve.token_id))
+    if json_out:
+        _print_json([{"check": f.check, "status": f.status.value, "evidence": f.evidence,
+                      "fix": f.fix} for f in report.findings])  # fmt: skip
+    else:
+        out.print(render_doctor(report), markup=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the stack file (for editors)."""

@@ -255,3 +255,37 @@ def test_aplinfo_download_refuses_a_changed_file(served: Served) -> None:
     served.node.auth.set_role(DEPLOY_ROLE, set(DEPLOY_PRIVS) - {"Datastore.AllocateTemplate"})
     with pytest.raises(Exception, match=r"/storage/local, Datastore\.AllocateTemplate"):
         c.post(f"/nodes/{NODE}/aplinfo", storage="local", template=TEMPLATE)
+
+
+def test_cli_doctor_exit_codes_and_json(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from pvestack.cli import app  # noqa: PLC0415
+
+    sha = hashlib.sha512((served.www / TEMPLATE).read_bytes()).hexdigest()
+    stack = tmp_path / "stack.toml"
+    stack.write_text(
+        f'[pve]\napi_url = "{served.server.url}"\ntoken_id = "{DEPLOY_TOKEN}"\n'
+        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n'
+        f'[[stack]]\nname = "hermes"\nnode = "{NODE}"\nvmid = 105\nhostname = "hermes"\n'
+        'memory = 2048\ndatastore = "local-lvm"\ndisk_gb = 8\n'
+        f'[stack.network]\nbridge = "{BRIDGE}"\n'
+        f'[stack.template]\nstorage = "local"\nurl = "{served.www_url}/{TEMPLATE}"\n'
+        f'checksum = "{sha}"\nchecksum_algorithm = "sha512"\n'
+    )
+    monkeypatch.setenv("PVESTACK_TOKEN_SECRET", SECRET)
+    for k in ("PVESTACK_API_URL", "PVESTACK_TOKEN_ID", "PVESTACK_FINGERPRINT", "PVESTACK_NODE",
+              "PVESTACK_ROOT_VIA", "PVESTACK_CA_FILE"):  # fmt: skip
+        monkeypatch.delenv(k, raising=False)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["doctor", "-c", str(stack)])
+    assert ok.exit_code == 0, ok.output
+    assert "doctor: 0 fail, 0 warn" in ok.output
+    served.node.auth.set_role(DEPLOY_ROLE, set(DEPLOY_PRIVS) - {"VM.PowerMgmt"})
+    bad = runner.invoke(app, ["doctor", "-c", str(stack), "--json"])
+    assert bad.exit_code == 1, bad.output
+    rows = json.loads(bad.output)
+    (fail,) = [r for r in rows if r["status"] == "fail"]
+    assert "VM.PowerMgmt" in fail["evidence"] and "pveum acl modify /vms" in fail["fix"]

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import paramiko
 
+from pvestack._appliances import resolve_appliance
 from pvestack._errors import PveAuthError, PveError, PvestackError, TransportError
 from pvestack._model import DesiredState, StackSpec
 from pvestack._nodepkgs import node_versions, runc_breakage_warning
@@ -289,6 +290,13 @@ def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
     for s in desired.stacks:
         ct = s.container
         t = ct.template
+        if t.appliance:
+            try:
+                t = resolve_appliance(api.get(f"/nodes/{ct.node}/aplinfo"), t)
+            except PvestackError as e:
+                out.append(Finding(f"{s.name}: template", Status.FAIL, str(e), e.hint or ""))
+                out.append(_vmid_finding(api, s, guests))
+                continue
         rows = _rows(api, f"/nodes/{ct.node}/storage/{t.storage}/content", content="vztmpl")
         vols = {str(r.get("volid")) for r in rows}
         if t.volid in vols:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from pvestack._appliances import resolve_appliance
 from pvestack._client import PveClient
 from pvestack._errors import PveError
 from pvestack._model import (
@@ -29,6 +30,7 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
     StackSpec,
+    TemplateSpec,
 )
 
 
@@ -168,6 +170,8 @@ def _observe_stack(  # noqa: PLR0917
             template_present=True,
             foreign=foreign,
         )
+    resolved = _resolve_template(client, ct.node, t, content_cache) if t.appliance else None
+    t = resolved or t
     key = (ct.node, t.storage)
     if key not in content_cache:
         try:
@@ -183,7 +187,18 @@ def _observe_stack(  # noqa: PLR0917
         container=container,
         template_present=t.volid in content_cache[key],
         foreign=foreign,
+        template=resolved,
     )
+
+
+def _resolve_template(
+    client: PveClient, node: str, t: TemplateSpec, cache: dict[tuple[str, str], Any]
+) -> TemplateSpec:
+    """An appliance name -> the node's newest indexed template (aplinfo read once per node)."""
+    key = (node, "\0aplinfo")
+    if key not in cache:
+        cache[key] = client.get(f"/nodes/{node}/aplinfo")
+    return resolve_appliance(cache[key], t)
 
 
 def _pending_keys(rows: Any) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from pvestack._model import (
     ObservedState,
     Plan,
     StackSpec,
+    TemplateSpec,
 )
 from pvestack._steps import guest as guest_steps
 from pvestack._steps import root as root_steps
@@ -239,18 +240,28 @@ class _StackPlanner:
 
     # -------------------------------------------------------------- create
 
+    def _template_call(self, t: TemplateSpec) -> ApiCall:
+        """PVE's aplinfo download for an appliance, else download-url (a URL without a
+        checksum is downloaded unverified: the plan warns)."""
+        if t.appliance:
+            params: dict[str, str | int] = {"storage": t.storage, "template": t.filename}
+            return ApiCall("POST", f"/nodes/{self.node}/aplinfo", params)
+        params = {"content": "vztmpl", "filename": t.filename, "url": t.url}
+        if t.checksum and t.checksum_algorithm:
+            params["checksum"] = t.checksum
+            params["checksum-algorithm"] = t.checksum_algorithm
+        else:
+            self.warnings.append(
+                f"{self.spec.name}: template {t.url} has no checksum: the node downloads it "
+                "unverified (set checksum + checksum_algorithm, or appliance = "
+                '"debian-13-standard" from the node\'s index)'
+            )
+        return ApiCall("POST", f"/nodes/{self.node}/storage/{t.storage}/download-url", params)
+
     def _plan_create(self) -> None:
         ct = self.ct
-        t = ct.template
+        t = self.obs.template or ct.template
         if not self.obs.template_present:
-            params: dict[str, str | int] = {
-                "content": "vztmpl",
-                "filename": t.filename,
-                "url": t.url,
-            }
-            if t.checksum and t.checksum_algorithm:
-                params["checksum"] = t.checksum
-                params["checksum-algorithm"] = t.checksum_algorithm
             self._add(
                 id=f"{self.spec.name}:template",
                 change=Change.CREATE,
@@ -258,9 +269,7 @@ class _StackPlanner:
                 actor=Actor.API,
                 reason="the template storage lacks the OS template",
                 after={"volid": t.volid, "url": t.url},
-                api=(
-                    ApiCall("POST", f"/nodes/{self.node}/storage/{t.storage}/download-url", params),
-                ),
+                api=(self._template_call(t),),
                 precondition=f"template-missing:{t.storage}:{t.volid}",
             )
         params = {

@@ -22,7 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +289,30 @@ def test_cli_doctor_exit_codes_and_json(
     rows = json.loads(bad.output)
     (fail,) = [r for r in rows if r["status"] == "fail"]
     assert "VM.PowerMgmt" in fail["evidence"] and "pveum acl modify /vms" in fail["fix"]
+
+
+def test_appliance_resolved_planned_downloaded_and_seen(served: Served) -> None:
+    from pvestack._observe import observe  # noqa: PLC0415
+    from pvestack._plan import plan  # noqa: PLC0415
+
+    d = desired(served)
+    ct = d.stacks[0].container
+    t = TemplateSpec("local", "", "", appliance="debian-13-standard")
+    d = DesiredState((StackSpec("hermes", replace(ct, template=t)),))
+    c = served.client()
+    obs = observe(c, d)
+    (st,) = obs.stacks
+    assert st.template is not None and st.template.filename == TEMPLATE
+    assert not st.template_present
+    (report_t,) = doctor(c, d, RootSettings("console"), token_id=DEPLOY_TOKEN).by_check(
+        "hermes: template"
+    )
+    assert report_t.status is Status.PASS and "sha512" in report_t.evidence
+    p = plan(d, obs)
+    (call,) = next(a for a in p.actions if a.id == "hermes:template").api
+    upid = c.request(call.method, call.path, call.params)
+    assert _wait(c, upid)["exitstatus"] == "OK"
+    (st2,) = observe(c, d).stacks
+    assert st2.template_present
+    create = next(a for a in plan(d, observe(c, d)).actions if a.id == "hermes:ct:create")
+    assert create.api[0].params["ostemplate"] == f"local:vztmpl/{TEMPLATE}"

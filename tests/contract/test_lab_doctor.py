@@ -316,3 +316,18 @@ def test_appliance_resolved_planned_downloaded_and_seen(served: Served) -> None:
     assert st2.template_present
     create = next(a for a in plan(d, observe(c, d)).actions if a.id == "hermes:ct:create")
     assert create.api[0].params["ostemplate"] == f"local:vztmpl/{TEMPLATE}"
+
+
+def test_a_wrong_tls_pin_fails_the_api_check_and_stops(served: Served) -> None:
+    wrong = ":".join(["AB"] * 32)
+    settings = ClientSettings(
+        api_url=served.server.url,
+        token_id=DEPLOY_TOKEN,
+        token_secret=Secret("token", SECRET),
+        fingerprint=wrong,
+    )
+    c = PveClient(settings)
+    report = doctor(c, desired(served), RootSettings("console"), token_id=DEPLOY_TOKEN)
+    assert [f.check for f in report.findings] == ["api"]
+    (f,) = report.findings
+    assert f.status is Status.FAIL and "fingerprint" in f.fix

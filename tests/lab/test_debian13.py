@@ -3,7 +3,8 @@
 ``pvestack doctor`` passes everything on the real lab; the node's appliance index lists
 debian-12 and debian-13; ``POST aplinfo`` downloads debian-13 (the node checks the
 sha512); the token creates and starts an unprivileged CT from it, which boots systemd
-(trixie), gets a DHCP address, installs Debian's docker.io and runs a nested container;
+(trixie), gets a DHCP address, installs Debian's docker.io (on trixie the ``docker``
+command is in ``docker-cli``, only a Recommends of docker.io) and runs a nested container;
 then the token stops and destroys it.
 """
 
@@ -92,13 +93,23 @@ def test_debian13_from_aplinfo_boots_and_runs_docker(
         install = rt.exec(
             VMID,
             ["sh", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
-             "apt-get install -y -q --no-install-recommends docker.io zstd"],
+             "apt-get install -y -q --no-install-recommends docker.io docker-cli zstd"],
             timeout=900,
         )  # fmt: skip
         assert install.returncode == 0, install.stderr.decode()[-2000:]
         deadline = time.monotonic() + 60
         while rt.exec(VMID, ["docker", "info"]).returncode != 0:
-            assert time.monotonic() < deadline, "docker did not start on trixie"
+            if time.monotonic() > deadline:
+                why = rt.exec(
+                    VMID,
+                    [
+                        "sh",
+                        "-c",
+                        "systemctl status docker containerd --no-pager;"
+                        "journalctl -u docker -u containerd -n 40 --no-pager",
+                    ],
+                )
+                raise AssertionError("docker did not start on trixie:\n" + why.stdout.decode())
             time.sleep(1)
         tpl = template.cached(lab.cache, template.DEBIAN_13)
         assert tpl is not None

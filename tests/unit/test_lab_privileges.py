@@ -3,12 +3,13 @@ package versions and the appliance index (no root, no network)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from pvelab.backend.aplinfo import AplInfo, Appliance, parse_index, render_index
-from pvelab.backend.auth import AuthStore, Identity
+from pvelab.backend.auth import PRIVILEGES, AuthStore, Identity
 from pvelab.backend.errors import PveError
 from pvelab.backend.packages import Packages
 from pvelab.backend.perms import check_bridge_access, check_ct_modify_config_perm
@@ -125,3 +126,27 @@ def test_aplinfo_index_round_trip_as_aplinfo_pm(tmp_path: Path) -> None:
     assert apl.listing() == []
     with pytest.raises(PveError, match="loopback"):
         apl.update("http://example.org/aplinfo.dat")
+
+
+def test_lab_up_tokens_deploy_by_default_root_kept(tmp_path: Path) -> None:
+    from pvelab.control import ROOT_TOKEN_ID, TOKEN_ID, Lab, LabSettings  # noqa: PLC0415
+
+    lab = Lab(tmp_path, LabSettings(node="n1", bridge="pvlabx"))
+    (tmp_path / "secrets").mkdir()
+    lab._ensure_token()
+    first = json.loads(lab.secrets_file.read_text())
+    assert first["tokenid"] == TOKEN_ID == DEPLOY_TOKEN
+    assert (lab.secrets_file.stat().st_mode & 0o777) == 0o600
+    auth = AuthStore(tmp_path / "etc" / "pve" / "lab-auth.json")
+    who = auth.check_token(f"PVEAPIToken={TOKEN_ID}={first['secret']}")
+    assert who == TOKEN and not who.is_root
+    assert "SDN.Use" in auth.privileges(who, "/sdn/zones/localnetwork/pvlabx")
+    assert "Sys.Audit" in auth.privileges(who, "/nodes/n1")
+    root_id, root_secret = lab.root_token()
+    assert root_id == ROOT_TOKEN_ID
+    assert auth.privileges(auth.check_token(f"PVEAPIToken={root_id}={root_secret}"), "/") == set(
+        PRIVILEGES
+    )
+    lab._ensure_token()  # a second `up` keeps both secrets and re-grants the role
+    assert json.loads(lab.secrets_file.read_text()) == first
+    assert len([e for e in json.loads(auth.path.read_text())["acl"] if e["ugid"] == TOKEN_ID]) == 4

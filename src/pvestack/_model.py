@@ -265,10 +265,10 @@ class ObservedStack:
     container: ObservedContainer | None
     template_present: bool
     foreign: GuestSummary | None = None  # a guest at the vmid without our mark
-    template: TemplateSpec | None = None  # an appliance resolved through aplinfo
     host_paths: tuple[HostPathFact, ...] = ()  # only when root can read the node
     guest_files: Mapping[str, str | None] = field(default_factory=frozen_map)  # path -> sha256
     guest_facts: Mapping[str, str] = field(default_factory=frozen_map)
+    template: TemplateSpec | None = None  # an appliance resolved through aplinfo
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,9 @@ def observe(
     content_cache: dict[tuple[str, str], frozenset[str]] = {}
     stacks: list[ObservedStack] = []
     reserved: set[int] = set()
+    aplinfo: dict[str, Any] = {}  # node -> its appliance index, read once when needed
     for spec in desired.stacks:
-        obs = _observe_stack(client, spec, guests, by_vmid, content_cache, reserved)
+        obs = _observe_stack(client, spec, guests, by_vmid, content_cache, reserved, aplinfo)
         if obs.vmid is not None:
             reserved.add(obs.vmid)
         if reader is not None:
@@ -123,6 +124,7 @@ def _observe_stack(  # noqa: PLR0917
     by_vmid: Mapping[int, GuestSummary],
     content_cache: dict[tuple[str, str], frozenset[str]],
     reserved: set[int],
+    aplinfo: dict[str, Any] | None = None,
 ) -> ObservedStack:
     ct = spec.container
     vmid = ct.vmid
@@ -170,7 +172,7 @@ def _observe_stack(  # noqa: PLR0917
             template_present=True,
             foreign=foreign,
         )
-    resolved = _resolve_template(client, ct.node, t, content_cache) if t.appliance else None
+    resolved = _resolve_template(client, ct.node, t, aplinfo) if t.appliance else None
     t = resolved or t
     key = (ct.node, t.storage)
     if key not in content_cache:
@@ -192,13 +194,13 @@ def _observe_stack(  # noqa: PLR0917
 
 
 def _resolve_template(
-    client: PveClient, node: str, t: TemplateSpec, cache: dict[tuple[str, str], Any]
+    client: PveClient, node: str, t: TemplateSpec, cache: dict[str, Any] | None
 ) -> TemplateSpec:
     """An appliance name -> the node's newest indexed template (aplinfo read once per node)."""
-    key = (node, "\0aplinfo")
-    if key not in cache:
-        cache[key] = client.get(f"/nodes/{node}/aplinfo")
-    return resolve_appliance(cache[key], t)
+    cache = {} if cache is None else cache
+    if node not in cache:
+        cache[node] = client.get(f"/nodes/{node}/aplinfo")
+    return resolve_appliance(cache[node], t)
 
 
 def _pending_keys(rows: Any) -> tuple[str, ...]:

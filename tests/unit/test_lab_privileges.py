@@ -4,6 +4,7 @@ package versions and the appliance index (no root, no network)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,24 @@ def test_lab_up_tokens_deploy_by_default_root_kept(tmp_path: Path) -> None:
     lab._ensure_token()  # a second `up` keeps both secrets and re-grants the role
     assert json.loads(lab.secrets_file.read_text()) == first
     assert len([e for e in json.loads(auth.path.read_text())["acl"] if e["ugid"] == TOKEN_ID]) == 4
+
+
+@pytest.mark.parametrize(
+    ("opt", "priv"),
+    [
+        ("cores", "VM.Config.CPU"), ("cpulimit", "VM.Config.CPU"), ("memory", "VM.Config.Memory"),
+        ("swap", "VM.Config.Memory"), ("rootfs", "VM.Config.Disk"), ("mp3", "VM.Config.Disk"),
+        ("net0", "VM.Config.Network"), ("hostname", "VM.Config.Network"),
+        ("nameserver", "VM.Config.Network"), ("tags", "VM.Config.Options"),
+        ("description", "VM.Config.Options"), ("onboot", "VM.Config.Options"),
+        ("features", "VM.Allocate"),
+    ],
+)  # fmt: skip
+def test_each_option_needs_its_privilege(auth: AuthStore, opt: str, priv: str) -> None:
+    values = {"rootfs": "local-lvm:4", "mp3": "local-lvm:1,mp=/x", "net0": "name=eth0,bridge=vmbr0",
+              "features": "nesting=1"}  # fmt: skip
+    new = {opt: values.get(opt, "1")}
+    check_ct_modify_config_perm(auth, TOKEN, 105, None, new, [], True)
+    auth.set_role("PVEStackDeploy", set(DEPLOY_PRIVS) - {priv})
+    with pytest.raises(PveError, match=f"/vms/105, {re.escape(priv)}"):
+        check_ct_modify_config_perm(auth, TOKEN, 105, None, new, [], True)

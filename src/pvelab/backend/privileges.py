@@ -23,6 +23,7 @@ role ``PVEStackDeploy`` below: exactly what pvestack's calls need (``deploy_gran
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,27 @@ RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 _BY_ENDPOINT = {(r.method, r.template): r for r in RULES}
+
+#: pve-container src/PVE/LXC.pm check_ct_modify_config_perm: the privilege on /vms/<vmid>
+#: each container option needs (create and PUT config); the extra rules per option (a new
+#: volume's Datastore.AllocateSpace, SDN.Use on a bridge, root-only mount types, devices,
+#: feature flags and hookscript) are in ``perms.check_ct_modify_config_perm``.
+CT_OPTION_PRIVS: tuple[tuple[str, str], ...] = (
+    (r"cores|cpuunits|cpulimit", "VM.Config.CPU"),
+    (r"rootfs|mp\d+", "VM.Config.Disk"),
+    (r"memory|swap", "VM.Config.Memory"),
+    (r"net\d+|nameserver|searchdomain|hostname", "VM.Config.Network"),
+    (r"tags", "VM.Config.Options"),  # pve-guest-common GuestHelpers assert_tag_permissions
+    (r"features", "VM.Allocate"),  # nesting only; other flags are root@pam's
+)
+
+
+def ct_option_priv(opt: str) -> str:
+    """The privilege an option needs; every other option: VM.Config.Options."""
+    for pattern, priv in CT_OPTION_PRIVS:
+        if re.fullmatch(pattern, opt):
+            return priv
+    return "VM.Config.Options"
 
 
 def rule_for(method: str, template: str) -> Rule | None:

@@ -51,7 +51,7 @@ REQUIRED = {
 }
 # What the lab makes under its directory (``down`` removes exactly these; ``cache`` too with
 # ``purge``); other files there (e.g. image tarballs someone keeps) are left alone.
-LAB_PARTS = ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state")
+LAB_PARTS = ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state", "var")
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 

@@ -12,7 +12,7 @@ from pvestack._model import DesiredState
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hermes.toml"
-SCHEMA_FILE = ROOT / "src" / "pvestack" / "data" / "apidata-subset.json"
+SCHEMA_FILE = ROOT / "src" / "pvelab" / "data" / "apidata-subset.json"
 
 
 def example_text() -> str:

@@ -8,9 +8,15 @@ PVESTACK := $(VENV)/bin/pvestack
 APT_PACKAGES := lxc lxc-templates busybox-static debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
 	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose tmux
 
-.PHONY: setup apt venv demo test lint unit contract labtest bench clean
+.PHONY: setup apt venv templates demo test lint unit contract labtest bench clean
 
-setup: apt venv
+setup: apt venv templates
+
+# The lab's debian-12 and debian-13 templates (debootstrap, once; lab tests and `lab up` reuse them).
+templates: apt venv
+	@if [ "$$(id -u)" = 0 ]; then for t in debian-12-standard debian-13-standard; do \
+	  $(PY) -m pvelab.runtime.template /var/lib/pvestack-lab/cache $$t || exit 1; done; \
+	else echo "not root: skipping the lab templates"; fi
 
 apt:
 	@if [ "$$(id -u)" = 0 ]; then scripts/install-system-packages.sh $(APT_PACKAGES); \

@@ -1,9 +1,13 @@
 """``pvestack lab up|down|status|env``: bring the whole lab node up and down.
 
 ``up`` (idempotent): checks (and installs) the Debian packages it needs, builds the
-template once, brings up the bridge with dnsmasq and NAT, the template's loopback HTTP
-server, root's sshd, and the API server as a background daemon (pid file + log); creates
-the API token ``root@pam!pvestack`` and returns the connection as environment variables.
+templates once (debian-12 and debian-13) with their appliance index ``aplinfo.dat``, brings
+up the bridge with dnsmasq and NAT, the templates' loopback HTTP server, root's sshd, and
+the API server as a background daemon (pid file + log); loads the appliance index into the
+node (``pveam update``); creates the least-privilege API token ``pvestack@pve!deploy``
+(role ``PVEStackDeploy``, see ``backend.privileges``) and a ``root@pam!pvestack`` token for
+root-only lab work (``Lab.root_token``), and returns the connection as environment
+variables (the deploy token's).
 
 ``down``: removes every container, the bridge, the tagged iptables rules, the processes
 (each stopped by its pid file), and the subuid/subgid lines the lab added. The built
@@ -30,7 +34,8 @@ from pvelab.runtime.lxc import LxcRuntime, remove_recorded_subids
 from pvelab.runtime.sshd import LabSshd
 
 DEFAULT_LAB_DIR = Path("/var/lib/pvestack-lab")
-TOKEN_ID = "root@pam!pvestack"  # noqa: S105 (an id, not a secret)
+TOKEN_ID = "pvestack@pve!deploy"  # noqa: S105 (an id, not a secret): the default token
+ROOT_TOKEN_ID = "root@pam!pvestack"  # noqa: S105 (root-only lab work, never the default)
 ROOTDIR_STORAGE = "local-lvm"
 REQUIRED = {
     "lxc-start": "lxc",
@@ -46,7 +51,7 @@ REQUIRED = {
 }
 # What the lab makes under its directory (``down`` removes exactly these; ``cache`` too with
 # ``purge``); other files there (e.g. image tarballs someone keeps) are left alone.
-LAB_PARTS = ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state")
+LAB_PARTS = ("lxc", "storage", "tasks", "etc", "run", "ssh", "bin", "secrets", "state", "var")
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
@@ -150,10 +155,11 @@ class Lab:
         (self.dir / "secrets").chmod(0o700)
         _check_traversable(self.dir)
         (self.dir / "lab.json").write_text(json.dumps(asdict(self.settings), indent=1) + "\n")
-        say("template: building (once) ...")
-        tpl = template.build(self.cache)
-        say(f"template: {tpl.path.name} sha512 {tpl.sha512[:16]}...")
+        say("templates: building (once) ...")
+        for tpl in build_templates(self.cache):
+            say(f"template: {tpl.path.name} sha512 {tpl.sha512[:16]}...")
         network.up(self.net)
+        self._tell_network()
         say(f"network: {self.settings.bridge} {self.settings.subnet} (dnsmasq, NAT)")
         if procs.running(self.http_pidfile, "http.server") is None:
             _need_free_port(self.settings.http_port)
@@ -173,6 +179,7 @@ class Lab:
         self._start_api()
         say(f"API: https://127.0.0.1:{self.settings.api_port}")
         self._ensure_token()
+        self._load_aplinfo()
         for vmid, problem in self._start_onboot():
             say(f"onboot: CT {vmid}: {problem}")
         return self.env()
@@ -225,21 +232,60 @@ class Lab:
         return AuthStore(self.dir / "etc" / "pve" / "lab-auth.json")
 
     def _ensure_token(self) -> None:
+        """The deploy token (role, ACLs re-granted on every ``up``) and root's token."""
+        from pvelab.backend.privileges import grant_deploy_token  # noqa: PLC0415
+
         auth = self._auth()
-        secret: str | None = None
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            secret = json.loads(self.secrets_file.read_text())["secret"]
-        if secret is not None:
+        saved: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(self.secrets_file.read_text())
+
+        def valid(tokenid: str, secret: Any) -> bool:
+            if saved.get("tokenid" if tokenid == TOKEN_ID else "root_tokenid") != tokenid:
+                return False
             try:
-                auth.check_token(f"PVEAPIToken={TOKEN_ID}={secret}")
+                auth.check_token(f"PVEAPIToken={tokenid}={secret}")
             except Exception:
-                secret = None
-        if secret is None:
-            secret = str(auth.add_token(TOKEN_ID, privsep=False))
+                return False
+            return True
+
+        s = self.settings
+        secret = saved.get("secret") if valid(TOKEN_ID, saved.get("secret")) else None
+        secret = grant_deploy_token(auth, s.node, s.bridge, secret)
+        root_secret = saved.get("root_secret")
+        if not valid(ROOT_TOKEN_ID, root_secret):
+            root_secret = str(auth.add_token(ROOT_TOKEN_ID, privsep=False))
         fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"tokenid": TOKEN_ID, "secret": secret}, f)
+            json.dump({"tokenid": TOKEN_ID, "secret": secret,
+                       "root_tokenid": ROOT_TOKEN_ID, "root_secret": root_secret}, f)  # fmt: skip
         self.secrets_file.chmod(0o600)
+
+    def _tell_network(self) -> None:
+        from pvelab.backend.netinfo import NetInfo  # noqa: PLC0415
+
+        net = self.net
+        NetInfo(self.dir / "etc" / "pve").tell(
+            {net.bridge: f"{net.gateway}/{net.network.prefixlen}"}
+        )
+
+    def root_token(self) -> tuple[str, str]:
+        """``(tokenid, secret)`` of the lab's root@pam token, for root-only lab work."""
+        try:
+            saved = json.loads(self.secrets_file.read_text())
+            return str(saved["root_tokenid"]), str(saved["root_secret"])
+        except (OSError, ValueError, KeyError) as e:
+            raise LabError("the lab is not up (no token yet): run `pvestack lab up`") from e
+
+    @property
+    def aplinfo_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}/{APLINFO_FILE}"
+
+    def _load_aplinfo(self) -> None:
+        """``pveam update`` against the lab's own template server."""
+        from pvelab.backend.aplinfo import AplInfo  # noqa: PLC0415
+
+        AplInfo(self.dir).update(self.aplinfo_url)
 
     # ------------------------------------------------------------------ env / status
     def env(self) -> dict[str, str]:
@@ -266,6 +312,7 @@ class Lab:
             "PVESTACK_LAB_BRIDGE": s.bridge,
             "PVESTACK_LAB_ROOTDIR_STORAGE": ROOTDIR_STORAGE,
             "PVESTACK_LAB_TEMPLATE_URL": f"http://127.0.0.1:{s.http_port}/{template.TEMPLATE_NAME}",
+            "PVESTACK_LAB_APLINFO_URL": self.aplinfo_url,
         }
         if tpl is not None:
             env["PVESTACK_LAB_TEMPLATE_SHA512"] = tpl.sha512
@@ -311,6 +358,31 @@ class Lab:
                 Node(self.dir, rt, self.settings.node).reset()
         for vmid in rt.containers():
             rt.destroy(vmid)
+
+
+APLINFO_FILE = "aplinfo.dat"
+
+
+def build_templates(cache: Path) -> list[template.Template]:
+    """Every flavor (debian-12, debian-13), built once, and the appliance index beside
+    them (served by the template server; the node reads it as ``pveam update`` would)."""
+    from pvelab.backend.aplinfo import Appliance, render_index  # noqa: PLC0415
+
+    built = [template.build(cache, flavor=f) for f in template.FLAVORS]
+    write_aplinfo(cache, render_index(
+        Appliance(package=f.appliance, version=f.version, os=f.appliance.rsplit("-", 1)[0],
+                  location=t.path.name, sha512sum=t.sha512,
+                  headline=f"Debian {f.appliance.split('-')[1]} {f.suite.title()} (standard)",
+                  description=f"A small Debian {f.suite.title()} system (pvestack lab).")
+        for f, t in zip(template.FLAVORS, built, strict=True)
+    ))  # fmt: skip
+    return built
+
+
+def write_aplinfo(cache: Path, text: str) -> None:
+    tmp = cache / (APLINFO_FILE + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(cache / APLINFO_FILE)
 
 
 def _check_traversable(lab_dir: Path) -> None:

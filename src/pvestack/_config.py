@@ -239,16 +239,22 @@ class NetworkSection(_Strict):
 
 
 class TemplateSection(_Strict):
+    """The OS template: by ``url`` (with a ``checksum``, or the plan warns) or by
+    ``appliance`` name from the node's index (``pveam available``; e.g.
+    ``debian-13-standard``: the newest version, downloaded with PVE's aplinfo, sha512
+    verified by the node)."""
+
     storage: str = "local"
-    url: str
+    url: str | None = None
+    appliance: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.+-]*$")
     filename: str | None = None
     checksum: str | None = None
     checksum_algorithm: Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] | None = None
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.fullmatch(r"https?://[^\s,]+", v) or not _plain(v):
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(r"https?://[^\s,]+", v) or not _plain(v)):
             raise ValueError("must be an http(s) URL")
         return v
 
@@ -268,7 +274,15 @@ class TemplateSection(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TemplateSection:
-        name = self.filename or self.url.rsplit("/", 1)[-1].split("?", 1)[0]
+        if (self.url is None) == (self.appliance is None):
+            raise ValueError("give either url or appliance")
+        if self.appliance is not None:
+            if self.filename or self.checksum:
+                raise ValueError("appliance takes no filename/checksum (the index has them)")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.appliance):
+                raise ValueError("appliance: letters, digits, '.', '_', '+', '-' only")
+            return self
+        name = self.resolved_filename
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
             raise ValueError(
                 f"template file name {name!r}: letters, digits, '.', '_', '+', '-' only"
@@ -284,6 +298,9 @@ class TemplateSection(_Strict):
 
     @property
     def resolved_filename(self) -> str:
+        """The file name ("" for an appliance: the node's index names it)."""
+        if self.url is None:
+            return ""
         return self.filename or self.url.rsplit("/", 1)[-1].split("?", 1)[0]
 
 

@@ -184,10 +184,11 @@ def container_spec(st: StackSection) -> ContainerSpec:
     t = st.template
     template = TemplateSpec(
         storage=t.storage,
-        url=t.url,
+        url=t.url or "",
         filename=t.resolved_filename,
         checksum=t.checksum,
         checksum_algorithm=t.checksum_algorithm,
+        appliance=t.appliance,
     )
     return ContainerSpec(
         stack=st.name,

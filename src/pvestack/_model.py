@@ -154,10 +154,11 @@ class VolumeMount:
 @dataclass(frozen=True)
 class TemplateSpec:
     storage: str
-    url: str
-    filename: str
+    url: str  # "" for an appliance not resolved yet
+    filename: str  # "" for an appliance not resolved yet
     checksum: str | None = None  # hex digest
     checksum_algorithm: str | None = None  # md5|sha1|sha224|sha256|sha384|sha512
+    appliance: str | None = None  # e.g. debian-13-standard: from the node's aplinfo index
 
     @property
     def volid(self) -> str:
@@ -294,6 +295,7 @@ class ObservedStack:
     host_paths: tuple[HostPathFact, ...] = ()  # only when root can read the node
     guest_files: Mapping[str, str | None] = field(default_factory=frozen_map)  # path -> sha256
     guest_facts: Mapping[str, str] = field(default_factory=frozen_map)
+    template: TemplateSpec | None = None  # an appliance resolved through aplinfo
 
 
 @dataclass(frozen=True)

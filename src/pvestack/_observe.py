@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from pvestack._appliances import resolve_appliance
 from pvestack._client import PveClient
 from pvestack._errors import PveError
 from pvestack._model import (
@@ -28,6 +29,7 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
     StackSpec,
+    TemplateSpec,
     mark_owner,
 )
 from pvestack._pvevalues import parse_tags
@@ -81,8 +83,9 @@ def observe(
     content_cache: dict[tuple[str, str], frozenset[str]] = {}
     stacks: list[ObservedStack] = []
     reserved: set[int] = set()
+    aplinfo: dict[str, Any] = {}  # node -> its appliance index, read once when needed
     for spec in desired.stacks:
-        obs = _observe_stack(client, spec, guests, by_vmid, content_cache, reserved)
+        obs = _observe_stack(client, spec, guests, by_vmid, content_cache, reserved, aplinfo)
         if obs.vmid is not None:
             reserved.add(obs.vmid)
         if reader is not None:
@@ -103,6 +106,7 @@ def _observe_stack(  # noqa: PLR0917
     by_vmid: Mapping[int, GuestSummary],
     content_cache: dict[tuple[str, str], frozenset[str]],
     reserved: set[int],
+    aplinfo: dict[str, Any] | None = None,
 ) -> ObservedStack:
     ct = spec.container
     vmid = ct.vmid
@@ -150,6 +154,8 @@ def _observe_stack(  # noqa: PLR0917
             template_present=True,
             foreign=foreign,
         )
+    resolved = _resolve_template(client, ct.node, t, aplinfo) if t.appliance else None
+    t = resolved or t
     key = (ct.node, t.storage)
     if key not in content_cache:
         try:
@@ -165,7 +171,18 @@ def _observe_stack(  # noqa: PLR0917
         container=container,
         template_present=t.volid in content_cache[key],
         foreign=foreign,
+        template=resolved,
     )
+
+
+def _resolve_template(
+    client: PveClient, node: str, t: TemplateSpec, cache: dict[str, Any] | None
+) -> TemplateSpec:
+    """An appliance name -> the node's newest indexed template (aplinfo read once per node)."""
+    cache = {} if cache is None else cache
+    if node not in cache:
+        cache[node] = client.get(f"/nodes/{node}/aplinfo")
+    return resolve_appliance(cache[node], t)
 
 
 def _pending_keys(rows: Any) -> tuple[str, ...]:

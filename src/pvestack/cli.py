@@ -446,6 +446,32 @@ def _print_verify(report: "VerifyReport") -> None:
 # ---------------------------------------------------------------- schema / version / lab
 
 
+# ---------------------------------------------------------------- doctor
+
+
+@_command(common=(*_CONNECTION, "root_via"))
+def doctor(opts: "Options", *, json_out: JsonOpt = False) -> None:
+    """Read-only checks before anything is touched: API and TLS pin, token, privileges
+    (with the pveum commands that grant what is missing), node, storages, bridge,
+    template, vmid, lxc-pve vs runc, root transport. Exit 1 on a fail."""
+    from pvestack._doctor import RootSettings, render_doctor  # noqa: PLC0415
+    from pvestack._doctor import doctor as run_doctor  # noqa: PLC0415
+
+    def body(s: "Session") -> Any:
+        ssh = s.cfg.root.ssh
+        root = RootSettings(s.cfg.root.via, ssh.host, ssh.port, ssh.known_hosts)
+        return run_doctor(s.client, s.containers, root, token_id=s.cfg.pve.token_id)
+
+    report = _run(opts, body)
+    if json_out:
+        _print_json([{"check": f.check, "status": f.status.value, "evidence": f.evidence,
+                      "fix": f.fix} for f in report.findings])  # fmt: skip
+    else:
+        _say(render_doctor(report))
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command(context_settings=_HELP)
 def schema() -> None:
     """Print the JSON Schema of the stack file (for editors)."""

@@ -44,7 +44,7 @@ TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 PRIVS = (
     "VM.Allocate", "VM.Audit", "VM.Config.Disk", "VM.Config.Options", "VM.Config.Network",
     "VM.Config.Memory", "VM.PowerMgmt", "VM.Snapshot", "VM.Backup", "Datastore.AllocateSpace",
-    "Datastore.Audit", "Sys.Audit",
+    "Datastore.Audit", "Sys.Audit", "SDN.Use",
 )  # fmt: skip
 
 

@@ -28,13 +28,17 @@ def skip_reason() -> str | None:
 
 
 def seed_template(www: Path) -> None:
-    """Reuse a template another lab on this machine already built (saves the debootstrap)."""
-    have = template.cached(SHARED_TEMPLATE_DIR)
-    if have is None or template.cached(www) is not None:
-        return
-    www.mkdir(parents=True, exist_ok=True)
-    for p in (have.path, have.path.with_name(have.path.name + ".sha512")):
-        shutil.copy2(p, www / p.name)
+    """Reuse the templates (debian-12, debian-13) another lab on this machine already built
+    (saves the debootstraps); what is missing there is built into the shared cache once."""
+    for flavor in template.FLAVORS:
+        if template.cached(www, flavor) is not None:
+            continue
+        have = template.cached(SHARED_TEMPLATE_DIR, flavor)
+        if have is None:
+            have = template.build(SHARED_TEMPLATE_DIR, flavor=flavor)
+        www.mkdir(parents=True, exist_ok=True)
+        for p in (have.path, have.path.with_name(have.path.name + ".sha512")):
+            shutil.copy2(p, www / p.name)
 
 
 def host_tmpdir(prefix: str) -> Path:

@@ -80,7 +80,7 @@ def test_up_then_down_leaves_nothing() -> None:
         assert net["bridge_up"] and net["dnsmasq_pid"] and net["rules"] == 5
         rules = subprocess.run(
             ["iptables-save"], capture_output=True, text=True, check=True
-        ).stdout.count("pvestack-lab:pvlabt2")
+        ).stdout.count(f'pvestack-lab:{lab.settings.bridge}"')
         assert rules == 5
         # secrets files are private
         assert (lab.secrets_file.stat().st_mode & 0o777) == 0o600

@@ -61,6 +61,7 @@ def node(tmp_path: Path, runtime: StubRuntime) -> Node:
             "VM.PowerMgmt",
             "Datastore.AllocateSpace",
             "Datastore.Audit",
+            "SDN.Use",
         ],
     )
     return n

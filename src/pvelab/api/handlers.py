@@ -65,7 +65,7 @@ def nodes(r: Request) -> Any:
 
 def node_index(r: Request) -> Any:
     r.check_node()
-    return _children("lxc", "status", "storage", "tasks", "version")
+    return _children("aplinfo", "apt", "lxc", "network", "status", "storage", "tasks", "version")
 
 
 def node_status(r: Request) -> Any:
@@ -108,6 +108,29 @@ def ticket(r: Request) -> Any:
         username = f"{username}@{r.params['realm']}"
     t = r.node.auth.login(username, str(r.params["password"]))
     return {"ticket": t.ticket, "CSRFPreventionToken": t.csrf, "username": t.username, "cap": {}}
+
+
+# ---------------------------------------------------------------- node: apt, aplinfo
+
+
+def apt_versions(r: Request) -> Any:
+    r.check_node()
+    return r.node.apt_versions()
+
+
+def network(r: Request) -> Any:
+    r.check_node()
+    return r.node.netinfo.listing(r.opt("type"))
+
+
+def aplinfo(r: Request) -> Any:
+    r.check_node()
+    return r.node.aplinfo.listing()
+
+
+def apl_download(r: Request) -> Any:
+    r.check_node()
+    return r.node.apl_download(r.user, str(r.params["storage"]), str(r.params["template"]))
 
 
 # ---------------------------------------------------------------- storage

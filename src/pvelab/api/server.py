@@ -9,7 +9,9 @@ Control endpoint (root@pam ticket, loopback peers only), under ``/_lab``:
 ``POST /_lab/reset`` (remove every container, volume, task and fault),
 ``POST /_lab/faults`` JSON ``{"method": "POST", "path": "regex", "status": 500,
 "message": "...", "hang": seconds, "times": n}`` or ``{"task": "vzstart", "message": "..."}``,
-``DELETE /_lab/faults`` (clear), ``GET /_lab/faults``.
+``DELETE /_lab/faults`` (clear), ``GET /_lab/faults``;
+``POST|GET|DELETE /_lab/packages`` (the versions ``apt/versions`` reports, see
+``backend.packages``).
 
 Run: ``python -m pvelab.api.server --lab-dir DIR --port 8006 [--runtime mod:Class]``.
 """
@@ -43,6 +45,7 @@ from pvelab.api.routes import ROUTES, resolve
 from pvelab.backend.auth import Identity
 from pvelab.backend.errors import PveError
 from pvelab.backend.node import Node, lab_dir_from_env
+from pvelab.backend.privileges import endpoint_check
 from pvelab.backend.schema import api_schema, method_schema, validate
 from pvelab.runtime_protocol import Runtime
 
@@ -283,7 +286,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             params[k] = urllib.parse.unquote(raw)
         if who is not None and who.token is not None and not schema.get("allowtoken", 1):
             raise PveError(403, "Permission check failed (API token not allowed)")
-        check = (schema.get("permissions") or {}).get("check")
+        check = endpoint_check(method, match.template, schema)
         if check and who is not None and not who.is_root:
             node.auth.check(who, check, params)
         values = validate(schema, params)
@@ -317,6 +320,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 faults.rules.clear()
             node.reset_faults()
             self._send(200, {"data": None})
+        elif path == "/_lab/packages":
+            self._control_packages(method, body)
         elif path == "/_lab/faults" and method == "POST":
             if "task" in body:
                 node.fail_next_task(str(body["task"]), str(body.get("message", "lab: injected")))
@@ -335,6 +340,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, {"data": None})
         else:
             raise PveError(501, f"Method '{method} {path}' not implemented")
+
+    def _control_packages(self, method: str, body: dict[str, Any]) -> None:
+        """``POST /_lab/packages {"lxc-pve": "6.0.0-1"}`` (``null`` uninstalls), ``GET``
+        (installed versions), ``DELETE`` (back to the defaults): what apt/versions says."""
+        packages = self.server.node.packages
+        if method == "POST":
+            try:
+                packages.tell(body)
+            except ValueError as e:
+                raise PveError(400, str(e)) from None
+        elif method == "DELETE":
+            packages.reset()
+        elif method != "GET":
+            raise PveError(501, f"Method '{method} /_lab/packages' not implemented")
+        self._send(200, {"data": packages.installed()})
 
 
 class LabHTTPServer(http.server.ThreadingHTTPServer):

@@ -4,9 +4,13 @@ The lab keeps them in ``<lab>/etc/pve/lab-auth.json`` (mode 600)::
 
     {"key": "<hex HMAC key>", "users": {"root@pam": {"password": "..."}},
      "tokens": {"root@pam!pvestack": {"secret": "...", "privsep": 0}},
-     "acl": [{"path": "/", "ugid": "deploy@pve", "privs": ["VM.Allocate", ...]}]}
+     "roles": {"PVEStackDeploy": ["VM.Allocate", ...]},
+     "acl": [{"path": "/", "ugid": "deploy@pve", "privs": ["VM.Allocate", ...]},
+             {"path": "/vms", "ugid": "pvestack@pve!deploy", "roles": ["PVEStackDeploy"]}]}
 
-``root@pam`` holds every privilege. A token without privilege separation holds its user's
+An ACL entry holds privileges directly (``privs``, the lab's shorthand) or roles
+(``roles``, as ``pveum acl modify PATH --roles ROLE``). ``root@pam`` holds every
+privilege. A token without privilege separation holds its user's
 privileges, with separation the intersection of its own ACL and its user's. Identity is
 separate from privileges: a token is ``user@realm!name`` and never ``root@pam``.
 Tickets are signed (HMAC), so every process that reads the key can check them.
@@ -93,6 +97,7 @@ class AuthStore:
             data["users"][ROOT] = {"password": secrets.token_urlsafe(18)}
             changed = True
         data.setdefault("acl", [])
+        data.setdefault("roles", {})
         if changed:
             self._save(data)
         return data
@@ -139,6 +144,32 @@ class AuthStore:
     def grant(self, ugid: str, path: str, privs: Iterable[str]) -> None:
         data = self._load()
         data["acl"].append({"path": path.rstrip("/") or "/", "ugid": ugid, "privs": sorted(privs)})
+        self._save(data)
+
+    def set_role(self, role: str, privs: Iterable[str]) -> None:
+        """``pveum role add ROLE --privs ...`` (or ``role modify`` without ``--append``)."""
+        unknown = sorted(set(privs) - set(PRIVILEGES))
+        if unknown:
+            raise ValueError(f"invalid privilege name(s): {', '.join(unknown)}")
+        data = self._load()
+        data["roles"][role] = sorted(set(privs))
+        self._save(data)
+
+    def role(self, role: str) -> tuple[str, ...]:
+        return tuple(self._load()["roles"].get(role, ()))
+
+    def acl_modify(self, path: str, ugid: str, roles: Iterable[str]) -> None:
+        """``pveum acl modify PATH --roles R --users U`` (or ``--tokens``); propagating."""
+        data = self._load()
+        path = path.rstrip("/") or "/"
+        data["acl"].append({"path": path, "ugid": ugid, "roles": sorted(roles)})
+        self._save(data)
+
+    def acl_delete(self, path: str, ugid: str) -> None:
+        """``pveum acl delete PATH --users U``: every entry of ``ugid`` on exactly ``path``."""
+        data = self._load()
+        path = path.rstrip("/") or "/"
+        data["acl"] = [e for e in data["acl"] if not (e["path"] == path and e["ugid"] == ugid)]
         self._save(data)
 
     # -------------------------------------------------------------- authentication
@@ -207,26 +238,33 @@ class AuthStore:
             who.token is None or not data["tokens"].get(who.authid, {}).get("privsep")
         ):
             return set(PRIVILEGES)
-        user_privs = self._acl_privs(data["acl"], who.user, path)
+        roles = data.get("roles", {})
+        user_privs = self._acl_privs(data["acl"], roles, who.user, path)
         if who.token is None:
             return user_privs
         entry = data["tokens"].get(who.authid, {})
         if not entry.get("privsep"):
             return user_privs
-        return user_privs & self._acl_privs(data["acl"], who.authid, path)
+        return user_privs & self._acl_privs(data["acl"], roles, who.authid, path)
 
     @staticmethod
-    def _acl_privs(acl: Sequence[Mapping[str, Any]], ugid: str, path: str) -> set[str]:
+    def _acl_privs(
+        acl: Sequence[Mapping[str, Any]], roles: Mapping[str, Sequence[str]], ugid: str, path: str
+    ) -> set[str]:
         held: set[str] = set()
         for entry in acl:
             p = entry["path"]
             if entry["ugid"] == ugid and (p in ("/", path) or path.startswith(p + "/")):
-                held.update(entry["privs"])
+                held.update(entry.get("privs", ()))
+                for role in entry.get("roles", ()):
+                    held.update(roles.get(role, ()))
         return held
 
     def permissions(self, who: Identity, path: str | None = None) -> dict[str, dict[str, int]]:
         data = self._load()
-        paths = {"/"} | {e["path"] for e in data["acl"]}
+        # pve-access-control's get_effective_permissions: the ACL tree's paths and these
+        paths = {"/", "/access", "/access/groups", "/nodes", "/pool", "/sdn", "/storage", "/vms"}
+        paths |= {e["path"] for e in data["acl"]}
         if path is not None:
             paths = {path}
         out = {}

@@ -28,9 +28,12 @@ from typing import Any
 
 from pvelab.backend import conf as confmod
 from pvelab.backend import snapshots, vzdump
+from pvelab.backend.aplinfo import AplInfo
 from pvelab.backend.auth import ROOT, AuthStore, Identity
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.errors import PveError, TaskFailed, param_error, permission_denied
+from pvelab.backend.netinfo import NetInfo
+from pvelab.backend.packages import Packages
 from pvelab.backend.perms import (
     NEW_DISK,
     check_ct_modify_config_perm,
@@ -142,6 +145,9 @@ class Node:
         self._thread_lock = threading.RLock()
         self._held = threading.local()
         self._fail_next: dict[str, str] = {}
+        self.packages = Packages(self.etc)
+        self.aplinfo = AplInfo(lab_dir)
+        self.netinfo = NetInfo(self.etc)
 
     # ------------------------------------------------------------------ locking and files
 
@@ -397,6 +403,29 @@ class Node:
             self.storages.download(sid, filename, url, checksum, log.write)
 
         return self._task("download", filename, who, body)
+
+    # ------------------------------------------------------------------ node: apt, aplinfo
+
+    def apt_versions(self) -> list[dict[str, Any]]:
+        """``GET apt/versions`` (Sys.Audit on the node, checked by the server)."""
+        return self.packages.versions(f"pve-manager/{VERSION['version']}/{VERSION['repoid']}")
+
+    def apl_download(self, who: Identity, sid: str, template: str) -> str:
+        """``POST aplinfo``: the record's file into ``sid`` as a ``download`` task; the
+        node verifies the index's sha512sum (APLInfo's hash_required)."""
+        store = self.storages.get(sid)
+        record = self.aplinfo.lookup(template, store.content, sid)
+        url = str(record["location"])
+        if not _is_loopback(urllib.parse.urlsplit(url).hostname or ""):
+            raise PveError(500, f"lab: aplinfo only fetches from loopback, not '{url}'")
+        sha512 = str(record.get("sha512sum") or "")
+
+        def body(log: TaskLog) -> None:
+            if not sha512:
+                raise PveError(500, "sha512sum missing for appliance (hash required)")
+            self.storages.download(sid, template, url, ("sha512", sha512), log.write)
+
+        return self._task("download", template, who, body)
 
     # ------------------------------------------------------------------ containers: reads
 
@@ -997,6 +1026,7 @@ class Node:
             self._purge(vmid)
         shutil.rmtree(self.tasks.root, ignore_errors=True)
         self.reset_faults()
+        self.packages.reset()
 
     def new_token(self, tokenid: str, *, privsep: bool = False) -> str:
         return self.auth.add_token(tokenid, secrets.token_hex(16), privsep=privsep)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from pvelab.backend.auth import AuthStore, Identity
 from pvelab.backend.errors import PveError, permission_denied
+from pvelab.backend.privileges import bridge_path, ct_option_priv
 from pvelab.backend.schema import lxc_option_schema, parse_property_string
 
 NEW_DISK = re.compile(r"^([a-zA-Z][a-zA-Z0-9\-_.]*[a-zA-Z0-9]):(\d+(\.\d+)?)$")
@@ -67,6 +68,43 @@ def _features_change(
     return False, bool(flags)
 
 
+def _check_features(  # noqa: PLR0917 - the arguments of pve-container's branch
+    auth: AuthStore,
+    who: Identity,
+    vm: str,
+    old: Mapping[str, str] | None,
+    new: Mapping[str, str],
+    deleting: bool,
+    unprivileged: bool,
+) -> None:
+    if not unprivileged:
+        raise permission_denied(
+            "changing feature flags for privileged container is only allowed for root@pam"
+        )
+    nesting, other = _features_change(old, new, deleting)
+    if other:
+        raise permission_denied(
+            "changing feature flags (except nesting) is only allowed for root@pam"
+        )
+    if nesting:
+        auth.require(who, vm, ct_option_priv("features"))
+
+
+def check_bridge_access(auth: AuthStore, who: Identity, raw: str) -> None:
+    """pve-container's ``check_bridge_access`` -> pve-guest-common's ``check_vnet_access``:
+    SDN.Use on ``/sdn/zones/localnetwork/<bridge>`` (``/<tag>`` with a VLAN tag)."""
+    if who.is_root:
+        return
+    sch = lxc_option_schema("net0")
+    try:
+        net = parse_property_string(sch["format"], raw) if sch else {}
+    except ValueError:
+        return
+    bridge = net.get("bridge")
+    if bridge:
+        auth.require(who, bridge_path(bridge, net.get("tag")), "SDN.Use")
+
+
 def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-container's
     auth: AuthStore,
     who: Identity,
@@ -81,12 +119,16 @@ def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-con
     vm = f"/vms/{vmid}"
 
     def check(opt: str, deleting: bool) -> None:
-        if opt in ("cores", "cpuunits", "cpulimit"):
-            auth.require(who, vm, "VM.Config.CPU")
-        elif opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
-            auth.require(who, vm, "VM.Config.Disk")
-            if deleting:
-                return
+        priv = ct_option_priv(opt)  # the table in privileges.py
+        if re.fullmatch(r"dev\d+", opt):
+            raise permission_denied("configuring device passthrough is only allowed for root@pam")
+        if opt == "hookscript":
+            raise permission_denied("changing the hookscript is only allowed for root@pam")
+        if opt == "features":
+            _check_features(auth, who, vm, old, new, deleting, unprivileged)
+            return
+        auth.require(who, vm, priv)
+        if (opt == "rootfs" or re.fullmatch(r"mp\d+", opt)) and not deleting:
             volume = mount_volume(opt, new[opt])
             kind = mount_type(volume)
             if kind != "volume":
@@ -94,30 +136,10 @@ def check_ct_modify_config_perm(  # noqa: PLR0917 - the argument list of pve-con
             m = NEW_DISK.match(volume)
             if m:
                 auth.require(who, f"/storage/{m.group(1)}", "Datastore.AllocateSpace")
-        elif opt in ("memory", "swap"):
-            auth.require(who, vm, "VM.Config.Memory")
         elif re.fullmatch(r"net\d+", opt):
-            auth.require(who, vm, "VM.Config.Network")
-        elif re.fullmatch(r"dev\d+", opt):
-            raise permission_denied("configuring device passthrough is only allowed for root@pam")
-        elif opt in ("nameserver", "searchdomain", "hostname"):
-            auth.require(who, vm, "VM.Config.Network")
-        elif opt == "features":
-            if not unprivileged:
-                raise permission_denied(
-                    "changing feature flags for privileged container is only allowed for root@pam"
-                )
-            nesting, other = _features_change(old, new, deleting)
-            if other:
-                raise permission_denied(
-                    "changing feature flags (except nesting) is only allowed for root@pam"
-                )
-            if nesting:
-                auth.require(who, vm, "VM.Allocate")
-        elif opt == "hookscript":
-            raise permission_denied("changing the hookscript is only allowed for root@pam")
-        else:
-            auth.require(who, vm, "VM.Config.Options")
+            for raw in ((old or {}).get(opt), None if deleting else new.get(opt)):
+                if raw:
+                    check_bridge_access(auth, who, raw)
 
     for opt in new:
         check(opt, False)

@@ -1,13 +1,14 @@
-"""The lab's standard template: a debian-12-standard-like rootfs tarball.
+"""The lab's standard templates: debian-12-standard- and debian-13-standard-like tarballs.
 
-Built once with debootstrap (bookworm, systemd as init, ifupdown + DHCP client,
+Built once with debootstrap (bookworm or trixie, systemd as init, ifupdown + DHCP client,
 ca-certificates, curl, gnupg and what Docker's install needs), packed as
 ``.tar.zst`` with numeric owners (uid 0 inside, as Proxmox's templates), its
 SHA-512 recorded next to it, and served over loopback HTTP so that the API's
 ``download-url`` really downloads it.
 
 The Debian mirror is the one apt already uses on this machine (read from
-``/etc/apt/sources.list*``); no host name is written here.
+``/etc/apt/sources.list*``; trixie comes from the same archive as this machine's
+bookworm); no host name is written here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 TEMPLATE_NAME = "debian-12-standard_12.12-1_amd64.tar.zst"
 SUITE = "bookworm"
+DEBIAN_13_NAME = "debian-13-standard_13.1-1_amd64.tar.zst"
 PACKAGES = (
     "systemd-sysv",
     "dbus",
@@ -57,6 +59,30 @@ iface lo inet loopback
 auto eth0
 iface eth0 inet dhcp
 """
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One template the lab builds: its file name (PVE's ``<os>-<ver>-standard_<ver>-<rel>``
+    pattern, which ``aplinfo`` names it by) and the Debian suite debootstrapped into it."""
+
+    name: str
+    suite: str
+    packages: tuple[str, ...] = PACKAGES
+
+    @property
+    def appliance(self) -> str:
+        """``debian-13-standard``: the name without version, release and architecture."""
+        return self.name.split("_", 1)[0]
+
+    @property
+    def version(self) -> str:
+        return self.name.split("_")[1]
+
+
+DEBIAN_12 = Flavor(TEMPLATE_NAME, SUITE)
+DEBIAN_13 = Flavor(DEBIAN_13_NAME, "trixie")
+FLAVORS = (DEBIAN_12, DEBIAN_13)
 
 
 @dataclass(frozen=True)
@@ -106,8 +132,8 @@ def sha512_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached(cache_dir: Path) -> Template | None:
-    path = cache_dir / TEMPLATE_NAME
+def cached(cache_dir: Path, flavor: Flavor = DEBIAN_12) -> Template | None:
+    path = cache_dir / flavor.name
     sumfile = path.with_name(path.name + ".sha512")
     if path.is_file() and sumfile.is_file():
         return Template(path, sumfile.read_text().split()[0])
@@ -150,10 +176,16 @@ def _customise(rootfs: Path) -> None:
                 p.unlink()
 
 
-def build(cache_dir: Path, *, mirror: str | None = None, force: bool = False) -> Template:
+def build(
+    cache_dir: Path,
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    flavor: Flavor = DEBIAN_12,
+) -> Template:
     """Build (or reuse) the template in ``cache_dir``; returns its path and SHA-512."""
     if not force:
-        have = cached(cache_dir)
+        have = cached(cache_dir, flavor)
         if have is not None:
             return have
     if shutil.which("debootstrap") is None:
@@ -162,14 +194,14 @@ def build(cache_dir: Path, *, mirror: str | None = None, force: bool = False) ->
     mirror = mirror or apt_mirror()
     with tempfile.TemporaryDirectory(prefix="template-", dir=cache_dir) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log = cache_dir / "debootstrap.log"
+        log = cache_dir / f"debootstrap-{flavor.suite}.log"
         with log.open("wb") as out:
             r = subprocess.run(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    "--include=" + ",".join(PACKAGES),
-                    SUITE,
+                    "--include=" + ",".join(flavor.packages),
+                    flavor.suite,
                     str(rootfs),
                     mirror,
                 ],
@@ -180,7 +212,7 @@ def build(cache_dir: Path, *, mirror: str | None = None, force: bool = False) ->
         if r.returncode != 0:
             raise RuntimeError(f"debootstrap failed ({r.returncode}); see {log}")
         _customise(rootfs)
-        part = cache_dir / (TEMPLATE_NAME + ".part")
+        part = cache_dir / (flavor.name + ".part")
         tar = subprocess.Popen(
             ["tar", "-C", str(rootfs), "--numeric-owner", "--xattrs", "-cf", "-", "."],
             stdout=subprocess.PIPE,
@@ -192,7 +224,7 @@ def build(cache_dir: Path, *, mirror: str | None = None, force: bool = False) ->
         tar.stdout.close()
         if tar.wait() != 0 or z.returncode != 0:
             raise RuntimeError("packing the template failed")
-        path = cache_dir / TEMPLATE_NAME
+        path = cache_dir / flavor.name
         os.replace(part, path)
     digest = sha512_of(path)
     path.with_name(path.name + ".sha512").write_text(f"{digest}  {path.name}\n")
@@ -213,6 +245,17 @@ def serve_argv(directory: Path, port: int) -> list[str]:
     ]
 
 
+def flavor_named(name: str) -> Flavor:
+    """A flavor by file name, appliance name (``debian-13-standard``) or suite."""
+    for f in FLAVORS:
+        if name in (f.name, f.appliance, f.suite):
+            return f
+    raise KeyError(name)
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use
-    t = build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/var/lib/pvestack-lab/cache"))
+    # python -m pvelab.runtime.template [CACHE_DIR [debian-12-standard|debian-13-standard]]
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/var/lib/pvestack-lab/cache")
+    which = flavor_named(sys.argv[2]) if len(sys.argv) > 2 else DEBIAN_12
+    t = build(where, flavor=which)
     print(t.path, t.sha512)

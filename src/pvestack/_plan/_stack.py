@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from pvestack._commands import display
 from pvestack._model import (
     Absent,
     Action,
@@ -20,6 +21,7 @@ from pvestack._model import (
     Target,
     TargetKind,
     TemplateAbsent,
+    TemplateSpec,
 )
 from pvestack._plan import _actions as build
 from pvestack._plan._actions import StackCtx
@@ -112,13 +114,28 @@ class StackPlanner:
         self._probes(ct.bind_mounts)
         self._guest()
 
-    def _template(self) -> Action:
+    def _template_call(self, t: TemplateSpec) -> ApiCall:
+        """PVE's aplinfo download for an appliance, else download-url (a URL without a
+        checksum is downloaded unverified: the plan warns)."""
         c = self.ctx
-        t = c.ct.template
-        params: dict[str, str | int] = {"content": "vztmpl", "filename": t.filename, "url": t.url}
+        if t.appliance:
+            params: dict[str, str | int] = {"storage": t.storage, "template": t.filename}
+            return ApiCall("POST", f"/nodes/{c.node}/aplinfo", params)
+        params = {"content": "vztmpl", "filename": t.filename, "url": t.url}
         if t.checksum and t.checksum_algorithm:
             params["checksum"] = t.checksum
             params["checksum-algorithm"] = t.checksum_algorithm
+        else:
+            self.warnings.append(
+                f"{c.name}: template {display(t.url)} has no checksum: the node downloads it "
+                "unverified (set checksum + checksum_algorithm, or appliance = "
+                '"debian-13-standard" from the node\'s index)'
+            )
+        return ApiCall("POST", f"/nodes/{c.node}/storage/{t.storage}/download-url", params)
+
+    def _template(self) -> Action:
+        c = self.ctx
+        t = c.obs.template or c.ct.template
         return Action(
             id=f"{c.name}:template",
             kind=ActionKind.TEMPLATE_DOWNLOAD,
@@ -129,15 +146,16 @@ class StackPlanner:
             precondition=TemplateAbsent(t.storage, t.volid),
             stack=c.name,
             after={"volid": t.volid, "url": t.url},
-            api=(ApiCall("POST", f"/nodes/{c.node}/storage/{t.storage}/download-url", params),),
+            api=(self._template_call(t),),
         )
 
     def _create(self) -> Action:
         c = self.ctx
         ct = c.ct
+        tpl = c.obs.template or ct.template  # an appliance resolved through aplinfo
         params: dict[str, str | int] = {
             "vmid": c.vmid,
-            "ostemplate": ct.template.volid,
+            "ostemplate": tpl.volid,
             "unprivileged": int(ct.unprivileged),
             **dict(ct.api_config),
         }
@@ -158,7 +176,7 @@ class StackPlanner:
             target=c.target,
             actor=Actor.API,
             reason="no container at this vmid",
-            precondition=Absent(c.vmid, c.name, ct.template.storage, ct.template.volid),
+            precondition=Absent(c.vmid, c.name, tpl.storage, tpl.volid),
             stack=c.name,
             after=after,
             api=(ApiCall("POST", f"/nodes/{c.node}/lxc", params),),

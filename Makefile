@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PVESTACK := $(VENV)/bin/pvestack
 APT_PACKAGES := lxc lxc-templates debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
-	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose
+	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose tmux
 
 .PHONY: setup apt venv demo test lint unit contract labtest bench clean
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,6 @@ class Runtime(Protocol):
 
     def ip_address(self, vmid: int) -> str | None:
         """The container's IPv4 address on its lab bridge, if it has one."""
+
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        """``GET .../lxc/{vmid}/interfaces`` as PVE answers it; None when not running."""

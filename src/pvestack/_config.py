@@ -142,6 +142,24 @@ class RootSection(_Strict):
     ssh: SshSection = Field(default_factory=SshSection)
 
 
+class GuestSection(_Strict):
+    """How pvestack reaches inside the containers (``pvestack._guest_settings``)."""
+
+    via: Literal["ssh", "pct"] | None = Field(
+        default=None,
+        description='"ssh": straight into the container as its root; "pct": through the '
+        'root transport. Default: ssh when root.via = "console", else pct',
+    )
+    key_file: str | None = Field(
+        default=None, description="your own private key (default: a per-stack ed25519 key)"
+    )
+    port: int = Field(default=22, ge=1, le=65535)
+    connect_timeout: float = Field(default=15.0, gt=0)
+    command_timeout: float = Field(
+        default=1800.0, gt=0, description="seconds one guest command may run"
+    )
+
+
 # ---------------------------------------------------------------- stack
 
 
@@ -340,6 +358,7 @@ class StackFile(_Strict):
 
     pve: PveSection
     root: RootSection = Field(default_factory=RootSection)
+    guest: GuestSection = Field(default_factory=GuestSection)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     stack: Annotated[list[StackSection], Field(min_length=1)]
     _source_file: str = PrivateAttr(default="")

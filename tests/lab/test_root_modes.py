@@ -161,7 +161,8 @@ def ct_pid(env: dict[str, str], vmid: int) -> str:
 
 def extract_script(stdout: str) -> str:
     start = stdout.index("#!/usr/bin/env bash")
-    end = stdout.index(f"echo {MARKER}", start) + len(f"echo {MARKER}")
+    call = "pvestack_root_steps </dev/null"  # the paste-safe form ends with the call
+    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
     return stdout[start:end] + "\n"
 
 

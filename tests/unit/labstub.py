@@ -5,11 +5,27 @@ It records what the node asked of it; the real runtime is tested in tests/lab.
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from pvelab.runtime.lxc import pve_interfaces
 from pvelab.runtime_protocol import ExecResult
+
+# what ``ip --json a`` prints in a container with one veth (a real capture, shortened)
+STUB_IP_JSON = """[
+{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,
+ "link_type":"loopback","address":"00:00:00:00:00:00","broadcast":"00:00:00:00:00:00",
+ "addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host","label":"lo"},
+  {"family":"inet6","local":"::1","prefixlen":128,"scope":"host"}]},
+{"ifindex":2,"link_index":9,"ifname":"eth0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],
+ "mtu":1500,"link_type":"ether","address":"bc:24:11:00:00:31","broadcast":"ff:ff:ff:ff:ff:ff",
+ "link_netnsid":0,"addr_info":[{"family":"inet","local":"10.78.61.77","prefixlen":24,
+ "broadcast":"10.78.61.255","scope":"global","label":"eth0"},
+ {"family":"inet6","local":"fe80::be24:11ff:fe00:31","prefixlen":64,"scope":"link"}]}
+]"""
 
 
 class StubRuntime:
@@ -55,3 +71,6 @@ class StubRuntime:
 
     def ip_address(self, vmid: int) -> str | None:
         return None
+
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        return pve_interfaces(json.loads(STUB_IP_JSON)) if vmid in self.running else None

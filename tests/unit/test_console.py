@@ -80,7 +80,8 @@ def test_script_is_shellcheck_clean(tmp_path: Path) -> None:
     lines = script.rstrip("\n").splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
     assert "set -euo pipefail" in lines
-    assert lines[-1] == f"echo {SUCCESS_MARKER}"
+    assert f"echo {SUCCESS_MARKER}" in lines
+    assert lines[-1] == "pvestack_root_steps </dev/null"  # paste-safe (_steps.paste_script)
     assert any("command -v pct" in ln for ln in lines)  # it uses pct: checks for it
 
 

@@ -336,3 +336,34 @@ def test_create_sets_the_root_password_hash(node: Node, tmp_path: Path) -> None:
     assert oct(shadow.stat().st_mode & 0o777) == "0o640"
     lines, _ = node.task_log(Identity("root@pam"), upid, 0, 0)
     assert "s3cret-pw" not in repr(lines) and "s3cret-pw" not in shadow.read_text()
+
+
+def test_interfaces_as_pve_answers_them(node: Node) -> None:
+    """``GET .../interfaces``: null while stopped; PVE's item shape when running, from
+    which the guest transport takes the CT's address."""
+    from pvestack.executors._guest_ssh import address_from_interfaces  # noqa: PLC0415
+
+    create(node)
+    assert node.interfaces(100) is None
+    node.wait(node.start(100, user=TOKEN), 10)
+    items = node.interfaces(100)
+    assert items is not None
+    lo, eth0 = items
+    assert lo["name"] == "lo" and lo["inet"] == "127.0.0.1/8" and lo["inet6"] == "::1/128"
+    assert eth0 == {
+        "name": "eth0",
+        "inet": "10.78.61.77/24",
+        "inet6": "fe80::be24:11ff:fe00:31/64",
+        "ip-addresses": [
+            {"ip-address-type": "inet", "ip-address": "10.78.61.77", "prefix": 24},
+            {"ip-address-type": "inet6", "ip-address": "fe80::be24:11ff:fe00:31", "prefix": 64},
+        ],
+        "hardware-address": "bc:24:11:00:00:31",
+        "hwaddr": "bc:24:11:00:00:31",
+    }
+    assert address_from_interfaces(items) == "10.78.61.77"
+    assert address_from_interfaces(None) is None
+    assert address_from_interfaces([lo]) is None  # loopback is never the CT's address
+    assert address_from_interfaces([{"name": "eth1", "inet": "10.0.0.9/8"}]) == "10.0.0.9"
+    with pytest.raises(PveError):
+        node.interfaces(999)

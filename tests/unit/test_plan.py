@@ -451,3 +451,17 @@ def test_mark_needs_both_tag_and_description_line() -> None:
     assert mark_owner({"tags": "ai", "description": "pvestack-stack: hermes"}) is None
     assert mark_owner({"tags": "pvestack", "description": "hand made"}) is None
     assert mark_owner({"tags": "PVESTACK,ai", "description": "pvestack-stack: gw"}) == "gw"
+
+
+def test_host_key_record_in_the_description_is_kept(example_desired: DesiredState) -> None:
+    """The record a root step wrote (``pvestack-hostkey:``) is no drift, and a description
+    update carries it over (the guest transport pins it)."""
+    fp = "SHA256:" + "Q" * 43
+    recorded = CONVERGED["description"] + f"pvestack-hostkey: {fp}\n"
+    assert plan(example_desired, observed(CONVERGED | {"description": recorded})).actions == ()
+    old = f"old words\npvestack-stack: hermes\npvestack-hostkey: {fp}\n"
+    p = plan(example_desired, observed(CONVERGED | {"description": old}))
+    assert ids(p) == ["hermes:ct:config"]
+    assert api_params(p.actions[0])["description"] == (
+        f"Hermes Agent (Nous Research)\npvestack-stack: hermes\npvestack-hostkey: {fp}"
+    )

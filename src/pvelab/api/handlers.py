@@ -201,6 +201,11 @@ def lxc_status_index(r: Request) -> Any:
     return _children("current", "start", "stop", "shutdown", "reboot")
 
 
+def lxc_interfaces(r: Request) -> Any:
+    r.check_node()
+    return r.node.interfaces(r.vmid)
+
+
 def lxc_status_current(r: Request) -> Any:
     r.check_node()
     return r.node.status(r.vmid)

@@ -37,6 +37,7 @@ ROUTES: Mapping[tuple[str, str], Handler] = {
     ("GET", "/nodes/{node}/lxc/{vmid}/config"): h.lxc_config_get,
     ("PUT", "/nodes/{node}/lxc/{vmid}/config"): h.lxc_config_put,
     ("GET", "/nodes/{node}/lxc/{vmid}/pending"): h.lxc_pending,
+    ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"): h.lxc_interfaces,
     ("GET", "/nodes/{node}/lxc/{vmid}/status"): h.lxc_status_index,
     ("GET", "/nodes/{node}/lxc/{vmid}/status/current"): h.lxc_status_current,
     ("POST", "/nodes/{node}/lxc/{vmid}/status/start"): h.lxc_start,

@@ -450,6 +450,12 @@ class Node:
                     out.append(self.status(vmid))
         return out
 
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        """``GET .../interfaces``: the running CT's interfaces (PVE answers null when it
+        is not running)."""
+        self.load(vmid)
+        return self.runtime.interfaces(vmid)
+
     def status(self, vmid: int) -> dict[str, Any]:
         """``status/current``, with the state read from the runtime."""
         c = self.load(vmid)

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pvelab.runtime_protocol import ExecResult
 
@@ -598,11 +599,51 @@ class LxcRuntime:
                 return str(addr)
         return None
 
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        """As PVE: ``ip --json a`` in the container's network namespace (entered from the
+        host with ``nsenter``, not with the container's own tools); None when not running."""
+        if self.state(vmid) != "running":
+            return None
+        r = self._lxc("lxc-info", vmid, "-p", "-H", timeout=20)
+        pid = r.stdout.strip()
+        if r.returncode != 0 or not pid.isdigit():
+            return None
+        out = subprocess.run(
+            ["nsenter", "-t", pid, "--net", "--", "ip", "--json", "a"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"ip --json a in CT {vmid}: {out.stderr.strip()}")
+        return pve_interfaces(json.loads(out.stdout))
+
     def containers(self) -> list[int]:
         """Every container this runtime has a definition for."""
         if not self.lxcpath.is_dir():
             return []
         return sorted(int(p.name) for p in self.lxcpath.iterdir() if p.name.isdigit())
+
+
+def pve_interfaces(ip_json: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ip --json a`` -> the items of PVE's ``GET .../interfaces`` (pve-container's
+    ``PVE::LXC::get_interfaces``: ``inet``/``inet6`` hold the family's last address)."""
+    res: list[dict[str, Any]] = []
+    for iface in ip_json:
+        obj: dict[str, Any] = {"name": iface.get("ifname")}
+        addrs = []
+        for ip in iface.get("addr_info", []):
+            obj[ip["family"]] = f"{ip['local']}/{ip['prefixlen']}"
+            addrs.append(
+                {
+                    "ip-address-type": ip["family"],
+                    "ip-address": ip["local"],
+                    "prefix": ip["prefixlen"],
+                }
+            )
+        obj["ip-addresses"] = addrs
+        obj["hardware-address"] = iface.get("address")
+        obj["hwaddr"] = iface.get("address")
+        res.append(obj)
+    return res
 
 
 def _decompressor(template: Path) -> list[str]:

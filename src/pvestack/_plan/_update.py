@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pvestack._model import BindMount, ContainerSpec
 from pvestack._plan._values import TOKEN_FEATURES, same_bind, same_value
 from pvestack._pvevalues import format_features, mount_props, parse_features, size_gb
+from pvestack._steps.guest_access import keep_hostkey_record
 
 #: keys pvestack may delete when the stack file no longer sets them
 DELETABLE = ("nameserver", "searchdomain")
@@ -37,8 +38,13 @@ class TokenDiff:
 
 def token_diff(stack: str, ct: ContainerSpec, cfg: Mapping[str, str]) -> TokenDiff:
     d = TokenDiff()
-    for key, value in ct.api_config.items():
-        if key != "rootfs" and not same_value(key, value, cfg.get(key)):
+    for key, want in ct.api_config.items():
+        if key == "rootfs":
+            continue
+        value = want
+        if key == "description":  # keep the host-key record a root step wrote there
+            value = keep_hostkey_record(str(want), str(cfg.get(key) or ""))
+        if not same_value(key, value, cfg.get(key)):
             d.put(key, value, cfg.get(key))
     d.deletes = [k for k in DELETABLE if k not in ct.api_config and k in cfg]
     for k in d.deletes:

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pvestack._commands import Step, render_script
+from pvestack._commands import Step
 from pvestack._errors import PvestackError, TransportError, WaitTimeout
+from pvestack._steps.paste_script import render_paste_script
 
 SUCCESS_MARKER = "PVESTACK-ROOT-STEPS-DONE"
 
@@ -61,7 +62,8 @@ def console_script(
     ]
     if _uses_pct(steps):
         preamble.append(_PCT_CHECK)
-    return render_script(steps, title=title, success_marker=success_marker, preamble=preamble)
+    # paste-safe: parsed whole before anything runs, stdin /dev/null (_steps.paste_script)
+    return render_paste_script(steps, title=title, success_marker=success_marker, preamble=preamble)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from pvestack._errors import (
     ConfigError,
+    GuestKeyRefused,
     HostKeyError,
     OwnershipError,
     PreconditionError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "GuestKeyRefused",
     "HostKeyError",
     "OwnershipError",
     "PreconditionError",

@@ -16,7 +16,7 @@ from typing import Any
 
 from pvestack._client import PveClient
 from pvestack._engine._session import RootAccess
-from pvestack._errors import PvestackError, ReplacementRequired
+from pvestack._errors import GuestKeyRefused, PvestackError, ReplacementRequired
 from pvestack._model import Action, Actor, Change, Plan
 from pvestack.executors import ApiExecutor, PreconditionChecker
 
@@ -114,6 +114,10 @@ class _Run:
                 self.note(a, Outcome.SKIPPED, pre.detail, t0)
                 return
             ran = self._act(a)
+        except GuestKeyRefused as e:  # the root steps authorize the key: pending, not failed
+            self.blocked.add(a.stack)
+            self.note(a, Outcome.PENDING, f"{e}\nhint: {e.hint}", t0)
+            return
         except PvestackError as e:
             self.failed.add(a.stack)
             self.note(a, Outcome.FAILED, str(e) + (f"\nhint: {e.hint}" if e.hint else ""), t0)
@@ -125,7 +129,8 @@ class _Run:
         if a.actor is Actor.GUEST and a.stack in self.blocked:
             self.note(a, Outcome.PENDING, "waits for this stack's root steps", t0)
             return True
-        if self.root.transport is None:
+        guest = a.actor is Actor.GUEST
+        if (self.root.guest_transport if guest else self.root.transport) is None:
             self.blocked.add(a.stack)
             self.note(a, Outcome.PENDING, self.root.reason, t0)
             return True
@@ -163,5 +168,10 @@ def apply(
     pending = any(r.outcome is Outcome.PENDING for r in run.results)
     reason = ""
     if pending:
-        reason = root.reason if root.transport is None else "an earlier step failed"
+        if root.transport is None:
+            reason = root.reason
+        elif any("refused pvestack's key" in r.detail for r in run.results):
+            reason = "a container refused the stack's SSH key"
+        else:
+            reason = "an earlier step failed"
     return ApplyResult(tuple(run.results), p, pending_reason=reason)

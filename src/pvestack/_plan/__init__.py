@@ -21,9 +21,9 @@ Every action carries a typed ``Target``, an ``ActionKind`` and a typed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from pvestack._model import DesiredState, ObservedState, Plan, StackSpec
+from pvestack._model import DesiredState, GuestAccess, ObservedState, Plan, StackSpec
 from pvestack._plan._stack import StackPlanner
 from pvestack._plan._values import TOKEN_FEATURES, same_value
 
@@ -34,11 +34,17 @@ def plan(
     *,
     adopt: bool = False,
     chown_recursive: bool = False,
+    guest: Mapping[str, GuestAccess] | None = None,
 ) -> Plan:
+    """``guest``: each stack's guest route (absent: ``pct``, no guest-access steps)."""
     actions, refused, warnings = [], [], []
     for spec in _ordered(desired.stacks):
         p = StackPlanner(
-            spec, observed.stack(spec.name), adopt=adopt, chown_recursive=chown_recursive
+            spec,
+            observed.stack(spec.name),
+            adopt=adopt,
+            chown_recursive=chown_recursive,
+            guest=(guest or {}).get(spec.name),
         )
         p.run()
         actions.extend(p.actions)

@@ -238,3 +238,14 @@ def test_operator_key_unreadable_or_loose(tmp_path: Path) -> None:
     settings = GuestSettings(via="ssh", key_file=str(tmp_path / "missing"))
     with pytest.raises(SecretError, match="does not exist"):
         stack_key(settings, "hermes")
+
+
+def test_lab_console_example_is_console_only_with_the_ssh_guest_route() -> None:
+    from pvestack._config import load_config  # noqa: PLC0415
+    from pvestack._guest_settings import resolve_guest_settings  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples" / "lab-console.toml", env={})
+    assert cfg.root.via == "console"
+    assert resolve_guest_settings(cfg).via == "ssh"
+    assert [s.name for s in cfg.stack] == ["gateway", "hermes"]

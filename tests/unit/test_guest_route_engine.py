@@ -249,3 +249,17 @@ def test_lab_console_example_is_console_only_with_the_ssh_guest_route() -> None:
     assert cfg.root.via == "console"
     assert resolve_guest_settings(cfg).via == "ssh"
     assert [s.name for s in cfg.stack] == ["gateway", "hermes"]
+
+
+def test_plan_writes_no_key_apply_makes_it(tmp_path: Path) -> None:
+    from pvestack._engine import Options, Session  # noqa: PLC0415
+
+    cfg = load_example(ROOT_VIA="console")
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    s = Session(cfg, Options(), env=env)
+    assert s.guest_access(generate=False) == {"hermes": GuestAccess("ssh", None)}
+    assert not (tmp_path / "pvestack").exists()
+    made = s.guest_access(generate=True)["hermes"].public_key
+    assert made is not None and made.startswith("ssh-ed25519 ")
+    assert oct((tmp_path / "pvestack" / "keys" / "hermes").stat().st_mode & 0o777) == "0o600"
+    assert s.guest_access(generate=False)["hermes"].public_key == made

@@ -89,6 +89,7 @@ class _Run:
         self.results: list[ActionResult] = []
         self.blocked: set[str] = set()  # stacks with a pending root step
         self.failed: set[str] = set()  # stacks with a failed step
+        self.key_refused = False  # a container refused the stack's SSH key
 
     def note(self, a: Action, outcome: Outcome, detail: str, t0: float) -> None:
         self.results.append(ActionResult(a, outcome, detail, time.monotonic() - t0))
@@ -116,6 +117,7 @@ class _Run:
             ran = self._act(a)
         except GuestKeyRefused as e:  # the root steps authorize the key: pending, not failed
             self.blocked.add(a.stack)
+            self.key_refused = True
             self.note(a, Outcome.PENDING, f"{e}\nhint: {e.hint}", t0)
             return
         except PvestackError as e:
@@ -170,7 +172,7 @@ def apply(
     if pending:
         if root.transport is None:
             reason = root.reason
-        elif any("refused pvestack's key" in r.detail for r in run.results):
+        elif run.key_refused:
             reason = "a container refused the stack's SSH key"
         else:
             reason = "an earlier step failed"

@@ -86,7 +86,9 @@ def _plan(s: Session, root: RootAccess | None) -> PlanResult:
 def plan_run(s: Session) -> PlanResult:
     """``pvestack plan``: reads host and guest facts as root only when SSH is configured
     (guest facts over the CT's own SSH when its key exists). Writes no file."""
-    via_ssh = s.cfg.root.via == "ssh" or s.guest_settings.via == "ssh"
+    # guest facts over SSH only with the keys already there (opening would make them)
+    keys_ready = all(g.public_key for g in s.guest_access(generate=False).values())
+    via_ssh = s.cfg.root.via == "ssh" or (s.guest_settings.via == "ssh" and keys_ready)
     return _plan(s, s.root if via_ssh else None)
 
 

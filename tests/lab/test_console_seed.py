@@ -4,7 +4,8 @@ apply stops with the root-only script (exit 3), the script runs as root on the n
 (``bash -s``), apply again does every guest step over the containers' own SSH (the
 image tarballs travel from this machine over that channel, the gateway key on stdin
 only) and verify runs its in-container checks over the same route; a third apply says
-"No changes". No secret in the script, in anything printed, or in ``docker inspect``.
+"No changes". No secret in the script, in anything printed, in the argv seen in the
+containers while the guest steps ran (``ps`` snapshots), or in ``docker inspect``.
 
 Verify's bind-mount checks look at the host side of the mount (``stat`` on the node),
 which a console-only run cannot do: they report "no root transport" (the probes in
@@ -20,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,8 +112,27 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
     assert pasted.returncode == 0, pasted.stdout[-3000:] + pasted.stderr[-3000:]
     assert pasted.stdout.rstrip().splitlines()[-1] == MARKER
 
-    r = pvestack(env, "apply", "-c", str(stack), "--json")
+    # argv seen in the containers while the guest steps run: `ps` snapshots
+    snapshots: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for vmid in (217, 218):
+                ps = ssh(node_env, f"pct exec {vmid} -- ps -eo args", 30)
+                snapshots.append(ps.stdout)
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        r = pvestack(env, "apply", "-c", str(stack), "--json")
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
     printed += [r.stdout, r.stderr]
+    assert len(snapshots) > 10 and any("docker" in x for x in snapshots)
+    assert not [x for x in snapshots if master in x]
     data = json.loads(r.stdout)
     results = data["results"]
     assert results and all(x["outcome"] in ("done", "skipped") for x in results), results
@@ -125,6 +146,7 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
         if c["status"] == "fail" and not c["id"].startswith("mount.")
     ]  # fmt: skip
     assert bad == [], bad
+    print("mount checks:", [(c["id"], c["status"]) for c in checks if c["id"].startswith("mount.")])
     for c in checks:
         if c["id"].startswith("mount.") and c["status"] == "fail":
             assert "no root transport" in c["evidence"], c

@@ -224,6 +224,8 @@ def console_script_run(s: Session) -> ConsoleScript:
     p = _plan(s, None).plan
     root_only = s.guest_settings.via == "ssh"
     _in_script, left = console_actions(p, root_only=root_only)
+    if root_only:  # guest.via = "ssh": guest steps never belong in the script
+        left = ()
     try:
         script = render_console_script(p, source=s.cfg.source_file, root_only=root_only)
     except ValueError as e:  # a secret in a step: render_script refuses

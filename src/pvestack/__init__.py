@@ -2,6 +2,7 @@
 
 from pvestack._errors import (
     ConfigError,
+    GuestKeyRefused,
     HostKeyError,
     OwnershipError,
     PreconditionError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "GuestKeyRefused",
     "HostKeyError",
     "OwnershipError",
     "PreconditionError",

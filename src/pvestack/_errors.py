@@ -127,6 +127,10 @@ class HostKeyError(TransportError):
     pass
 
 
+class GuestKeyRefused(TransportError):
+    """A container refused the stack's SSH key (the root steps must authorize it)."""
+
+
 class PreconditionError(PvestackError):
     """An action's precondition no longer holds just before it runs (the plan is stale).
     Nothing was touched."""

@@ -235,6 +235,21 @@ class StackSpec:
 
 
 @dataclass(frozen=True)
+class GuestAccess:
+    """How one stack's guest steps reach its container (``[guest]``).
+
+    ``via = "ssh"``: straight into the CT; ``public_key`` the stack's key line (None
+    when it does not exist yet: apply generates it, plan never writes files);
+    ``key_refused``: the CT refused that key (apply saw it), so the root steps must
+    authorize it.
+    """
+
+    via: str  # "ssh" | "pct"
+    public_key: str | None = None
+    key_refused: bool = False
+
+
+@dataclass(frozen=True)
 class DesiredState:
     stacks: tuple[StackSpec, ...]
     source: str = ""  # the stack file's path
@@ -375,6 +390,7 @@ class ActionKind(StrEnum):
     HOST_DIR = "host-dir"
     IDMAP = "idmap"
     MOUNT_PROBE = "mount-probe"
+    GUEST_ACCESS = "guest-access"  # root: sshd, authorized key, host-key record
     GUEST_DOCKER = "guest-docker"
     GUEST_FILE = "guest-file"
     GUEST_IMAGE = "guest-image"

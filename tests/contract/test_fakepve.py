@@ -386,9 +386,15 @@ def test_console_mode_prints_a_script_from_the_fresh_state(
     # the token started the CT before root could act: the script must reboot it
     assert "pct set 118 -features keyctl=1,nesting=1 -mp0 /mnt/pve/hdd/hermes,mp=/data" in script
     assert "pct reboot" in script
-    assert "echo PVESTACK-ROOT-STEPS-DONE\n)" in script  # the paste-safe wrapper ends it
-    assert script.rstrip().endswith("pvestack_root_steps </dev/null")
+    # paste-safe: one function, its last command the marker, called with stdin /dev/null
+    assert script.rstrip().endswith(
+        "echo PVESTACK-ROOT-STEPS-DONE\n)\npvestack_root_steps </dev/null"
+    )
     assert "sk-contract-test" not in script  # the gateway key never in a printed script
+    # guest.via = "ssh" (the default with root.via = "console"): root steps only, the
+    # guest access among them, no guest step (those go over the CT's own SSH)
+    assert "ct118:guest-access:hostkey-record" in script
+    assert "docker" not in script and "pct push" not in script
     f = tmp_path / "root.sh"
     f.write_text(script)
     subprocess.run(["bash", "-n", str(f)], check=True)
@@ -426,6 +432,7 @@ def test_console_hand_off_waits_on_a_terminal(pve: Any, stack_cfg: StackFile) ->
         ct.config["features"] = "keyctl=1,nesting=1"
         ct.config["mp0"] = "/mnt/pve/hdd/hermes,mp=/data"
         ct.config["mp1"] = "/media/2tb/hermes,mp=/fast"
+        ct.config["description"] += "\npvestack-hostkey: SHA256:" + "Q" * 43
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         os.close(master)
@@ -435,8 +442,11 @@ def test_console_hand_off_waits_on_a_terminal(pve: Any, stack_cfg: StackFile) ->
             proc.wait()
     assert "PVESTACK-ROOT-STEPS-DONE" in stdout
     assert "root steps done" in stdout, stdout + stderr
-    # only the guest's secret-carrying steps are left (they need SSH): exit 3, not 1
-    assert proc.returncode == 3, stdout + stderr
+    # guest.via = "ssh": the fake's CT has no address, so the guest route stops with
+    # the reason and the alternative (no guest step ever went into the script)
+    out = stdout + stderr
+    assert proc.returncode == 1, out
+    assert "reports no IPv4 address" in out and 'via = "pct"' in out, out
 
 
 def _has_console_handoff() -> bool:

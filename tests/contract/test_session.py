@@ -64,13 +64,44 @@ def _runs(f: Path) -> int:
     return len(f.read_text().splitlines()) if f.exists() else 0
 
 
+class FakeGuest:
+    """A container's own SSH transport (``guest.via = "ssh"``): records the guest steps."""
+
+    def __init__(self, vmid: int, log: list[str]) -> None:
+        self.vmid, self.log = vmid, log
+
+    def run_step(self, step: Step, *, on_output: Callable[[str], None] | None = None) -> bool:
+        assert all(
+            c.argv[:3] in (("pct", "exec", "118"), ("pct", "push", "118")) for c in step.commands
+        )
+        self.log.append(step.id)
+        return True
+
+    def capture(self, command: Command) -> CommandOutput:
+        return CommandOutput(1, "", "")
+
+    def close(self) -> None:
+        pass
+
+
 def test_console_apply_with_hand_off_reads_each_secret_once(
-    pve: Any, counted: dict[str, Any]
+    pve: Any, counted: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {**counted["env"], "PVESTACK_ROOT_VIA": "console"}
     cfg = parse_config(counted["text"], str(EXAMPLE), env=env)
     plans: list[Plan] = []
     handed: list[str] = []
+    guest_log: list[str] = []
+    opened: list[Any] = []
+
+    def opener(settings: Any, client: Any, env: Any = None) -> Callable[[Any], FakeGuest]:
+        def open_one(place: Any) -> FakeGuest:
+            opened.append(place)
+            return FakeGuest(place.vmid, guest_log)
+
+        return open_one
+
+    monkeypatch.setattr("pvestack._engine._session.ssh_opener", opener)
 
     def hand_off(script: str, poll: Callable[[], Sequence[str]]) -> None:
         handed.append(script)
@@ -80,13 +111,20 @@ def test_console_apply_with_hand_off_reads_each_secret_once(
             mp0="/mnt/pve/hdd/hermes,mp=/data",
             mp1="/media/2tb/hermes,mp=/fast",
         )
+        assert list(poll()) == ["lxc/118: no pvestack-hostkey record in the description yet"]
+        desc = pve.ct(118).config["description"]
+        pve.ct(118).config["description"] = desc + "\npvestack-hostkey: SHA256:" + "Q" * 43
         assert list(poll()) == []
 
     hooks = ApplyHooks(on_plan=lambda p, _via: plans.append(p), hand_off=hand_off)
     with Session(cfg, Options(), env=env) as s:
-        run = apply_run(s, hooks)
+        run = apply_run(s, hooks, run_verify=False)
     assert len(handed) == 1 and len(plans) == 2  # planned, handed off, planned again
-    assert run.exit_code == 3  # the .env (a secret) needs SSH: pending, as documented
+    assert "ct118:guest-access:hostkey-record" in handed[0] and "docker" not in handed[0]
+    # guest.via = "ssh": every guest step went over the CT's own transport, secrets too
+    assert run.exit_code == 0, run.result.to_json()
+    assert [p.vmid for p in opened] == [118]
+    assert any(".env" in i or "env" in i for i in guest_log), guest_log
     assert _runs(counted["token"]) == 1
     assert _runs(counted["key"]) == 1
     assert counted["apps"] == ["hermes"]

@@ -44,6 +44,9 @@ fingerprint = "${{PVESTACK_FINGERPRINT:-}}"
 [root]
 via = "{via}"
 
+[guest]  # root modes compared on their own (test_console_only.py: the ssh guest route)
+via = "pct"
+
 [root.ssh]
 host = "${{PVESTACK_SSH_HOST}}"
 key_file = "${{PVESTACK_SSH_KEY}}"

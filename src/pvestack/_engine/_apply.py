@@ -16,7 +16,7 @@ from typing import Any
 
 from pvestack._client import PveClient
 from pvestack._engine._session import RootAccess
-from pvestack._errors import PvestackError, ReplacementRequired
+from pvestack._errors import GuestKeyRefused, PvestackError, ReplacementRequired
 from pvestack._model import Action, Actor, Change, Plan
 from pvestack.executors import ApiExecutor, GuestTransport, PreconditionChecker, RootTransport
 
@@ -89,6 +89,7 @@ class _Run:
         self.results: list[ActionResult] = []
         self.blocked: set[str] = set()  # stacks with a pending root step
         self.failed: set[str] = set()  # stacks with a failed step
+        self.key_refused = False  # a container refused the stack's SSH key
 
     def note(self, a: Action, outcome: Outcome, detail: str, t0: float) -> None:
         self.results.append(ActionResult(a, outcome, detail, time.monotonic() - t0))
@@ -114,6 +115,11 @@ class _Run:
                 self.note(a, Outcome.SKIPPED, pre.detail, t0)
                 return
             ran = self._act(a)
+        except GuestKeyRefused as e:  # the root steps authorize the key: pending, not failed
+            self.blocked.add(a.stack)
+            self.key_refused = True
+            self.note(a, Outcome.PENDING, f"{e}\nhint: {e.hint}", t0)
+            return
         except PvestackError as e:
             self.failed.add(a.stack)
             self.note(a, Outcome.FAILED, str(e) + (f"\nhint: {e.hint}" if e.hint else ""), t0)
@@ -166,5 +172,10 @@ def apply(
     pending = any(r.outcome is Outcome.PENDING for r in run.results)
     reason = ""
     if pending:
-        reason = root.reason if root.transport is None else "an earlier step failed"
+        if root.transport is None:
+            reason = root.reason
+        elif run.key_refused:
+            reason = "a container refused the stack's SSH key"
+        else:
+            reason = "an earlier step failed"
     return ApplyResult(tuple(run.results), p, pending_reason=reason)

@@ -7,19 +7,25 @@ from collections.abc import Callable
 
 from pvestack._client import PveClient
 from pvestack._commands import Step
+from pvestack._errors import HostKeyError
 from pvestack._model import Action, ActionKind, Actor, Plan, TargetKind
 from pvestack._pvevalues import mount_props
+from pvestack._steps.guest_access import parse_hostkey_record
 from pvestack.executors._console import SUCCESS_MARKER, console_script
 
 CONSOLE_SUCCESS_MARKER = SUCCESS_MARKER
 
 
-def console_actions(p: Plan) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
+def console_actions(
+    p: Plan, *, root_only: bool = False
+) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
     """The actions a printed console script can carry, and those it cannot.
 
-    Root actions always (they never hold a secret); guest actions in order until the
-    first one whose steps carry a secret (a printed script never holds one): that
-    one and the rest of its stack's guest actions need the SSH transport.
+    Root actions always (they never hold a secret). ``root_only`` (``guest.via =
+    "ssh"``): no guest action at all, they go over the CT's own SSH. Else guest
+    actions in order until the first one whose steps carry a secret (a printed script
+    never holds one): that one and the rest of its stack's guest actions need a
+    transport.
     """
     script: list[Action] = []
     left: list[Action] = []
@@ -27,7 +33,8 @@ def console_actions(p: Plan) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
     for a in p.actions:
         if a.actor is Actor.API:
             continue
-        if a.actor is Actor.GUEST and (a.stack in stopped or any(s.has_secret for s in a.steps)):
+        secret = any(s.has_secret for s in a.steps)
+        if a.actor is Actor.GUEST and (root_only or a.stack in stopped or secret):
             stopped.add(a.stack)
             left.append(a)
             continue
@@ -35,14 +42,15 @@ def console_actions(p: Plan) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
     return tuple(script), tuple(left)
 
 
-def root_steps(p: Plan) -> tuple[Step, ...]:
+def root_steps(p: Plan, *, root_only: bool = False) -> tuple[Step, ...]:
     """The steps of the console script, in order."""
-    return tuple(s for a in console_actions(p)[0] for s in a.steps)
+    return tuple(s for a in console_actions(p, root_only=root_only)[0] for s in a.steps)
 
 
-def render_console_script(p: Plan, *, source: str) -> str | None:
-    """The script for ``p``'s root (and secret-free guest) steps; None when it has none."""
-    steps = root_steps(p)
+def render_console_script(p: Plan, *, source: str, root_only: bool = False) -> str | None:
+    """The script for ``p``'s root (and, unless ``root_only``, secret-free guest) steps;
+    None when it has none."""
+    steps = root_steps(p, root_only=root_only)
     if not steps:
         return None
     return console_script(
@@ -59,6 +67,7 @@ def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
     """
     wanted: dict[tuple[str, int], dict[str, str]] = {}
     running: set[tuple[str, int]] = set()
+    record: set[tuple[str, int]] = set()  # guest access: the host-key record must show
     for a in p.actions:
         t = a.target
         if a.actor is not Actor.ROOT or t.kind is not TargetKind.LXC or t.vmid is None:
@@ -69,6 +78,8 @@ def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
             keys.update({k: v for k, v in a.after.items() if v is not None})
         elif a.kind is ActionKind.REBOOT:
             running.add(key)
+        elif a.kind is ActionKind.GUEST_ACCESS:
+            record.add(key)
 
     def missing() -> list[str]:
         out: list[str] = []
@@ -78,6 +89,8 @@ def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
             for k, v in keys.items():
                 if mount_props(cfg.get(k, "")) != mount_props(v):
                     out.append(f"lxc/{vmid}: {k} is {cfg.get(k)!r}, want {v!r}")
+            if (node, vmid) in record and not _has_record(cfg.get("description", "")):
+                out.append(f"lxc/{vmid}: no pvestack-hostkey record in the description yet")
             if (node, vmid) in running:
                 st = client.get(f"/nodes/{node}/lxc/{vmid}/status/current")
                 if not isinstance(st, dict) or st.get("status") != "running":
@@ -85,3 +98,10 @@ def root_effects_missing(client: PveClient, p: Plan) -> Callable[[], list[str]]:
         return out
 
     return missing
+
+
+def _has_record(description: str) -> bool:
+    try:
+        return parse_hostkey_record(description) is not None
+    except HostKeyError:
+        return False

@@ -4,7 +4,7 @@ validated once, the client and the root transport opened once (and lazily)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,11 +12,20 @@ from pvestack._client import CallHook, ClientSettings, PveClient
 from pvestack._commands import Secret
 from pvestack._config import StackFile, load_config
 from pvestack._desired import build_desired, token_secret
+from pvestack._engine._guest import GuestRouter, ssh_opener
 from pvestack._errors import PvestackError
-from pvestack._model import DesiredState
+from pvestack._guest_settings import (
+    GuestSettings,
+    key_dir,
+    load_key,
+    resolve_guest_settings,
+    stack_key,
+)
+from pvestack._model import DesiredState, GuestAccess
 from pvestack.executors import GuestTransport, RootTransport
 
 if TYPE_CHECKING:
+    from pvestack._engine._guest import GuestPlace
     from pvestack.executors._ssh import SshSettings
 
 
@@ -110,6 +119,7 @@ class Session:
         self._root: RootAccess | None = None
         self._desired: DesiredState | None = None
         self._containers: DesiredState | None = None
+        self._router: GuestRouter | None = None
 
     @classmethod
     def load(cls, options: Options, **kw: object) -> Session:
@@ -126,10 +136,49 @@ class Session:
         return self._client
 
     @property
+    def guest_settings(self) -> GuestSettings:
+        return resolve_guest_settings(self.cfg)
+
+    @property
     def root(self) -> RootAccess:
+        """The root transport; with ``guest.via = "ssh"`` its ``guest`` is the router
+        that opens one SSH transport per container (``_guest``)."""
         if self._root is None:
-            self._root = self._root_opener(self.cfg)
+            root = self._root_opener(self.cfg)
+            settings = self.guest_settings
+            if settings.via == "ssh":
+
+                def opener(p: GuestPlace) -> GuestTransport:
+                    return ssh_opener(settings, self.client, self._env)(p)
+
+                self._router = GuestRouter(opener, root.transport)
+                root = replace(root, guest=self._router)
+            self._root = root
         return self._root
+
+    @property
+    def router(self) -> GuestRouter | None:
+        """The SSH guest router (``guest.via = "ssh"``), else None."""
+        _ = self.root
+        return self._router
+
+    def guest_access(self, *, generate: bool) -> dict[str, GuestAccess]:
+        """Each stack's guest route and public key. ``generate`` (apply only): make the
+        per-stack key pair when missing; plan never writes a file (None: not made yet)."""
+        settings = self.guest_settings
+        refused = self._router.refused if self._router is not None else set()
+        out: dict[str, GuestAccess] = {}
+        for spec in self.containers.stacks:
+            key: str | None = None
+            if settings.via == "ssh":
+                if generate:
+                    key = stack_key(settings, spec.name, self._env).public_key
+                elif settings.key_file:
+                    key = load_key(settings.key_file).public_key
+                elif (key_dir(self._env) / spec.name).exists():
+                    key = load_key(key_dir(self._env) / spec.name).public_key
+            out[spec.name] = GuestAccess(settings.via, key, spec.name in refused)
+        return out
 
     @property
     def desired(self) -> DesiredState:
@@ -153,6 +202,8 @@ class Session:
         return tuple(self._client.warnings) if self._client is not None else ()
 
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
         if self._root is not None and self._root.transport is not None:
             self._root.transport.close()
 

@@ -4,7 +4,7 @@ console script. The CLI parses options, calls one of these and renders the resul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,9 +17,10 @@ from pvestack._engine._console import (
 )
 from pvestack._engine._destroy import DestroyPlan, DestroyResult, destroy, destroy_plan
 from pvestack._engine._facts import TransportFactReader
+from pvestack._engine._guest import GuestFactReader, places
 from pvestack._engine._session import RootAccess, Session
 from pvestack._errors import PvestackError
-from pvestack._model import Action, DesiredState, ObservedState, Plan
+from pvestack._model import Action, DesiredState, GuestAccess, ObservedState, Plan
 from pvestack._observe import FactReader, observe
 from pvestack._plan import plan as make_plan
 from pvestack.verify import VerifyReport, verify
@@ -43,18 +44,37 @@ def plan(
     *,
     adopt: bool = False,
     reader: FactReader | None = None,
+    guest: Mapping[str, GuestAccess] | None = None,
 ) -> PlanResult:
     """Observe, then plan ``desired`` (one step of every workflow)."""
     before = client.calls
     observed = observe(client, desired, reader=reader)
-    p = make_plan(desired, observed, adopt=adopt)
+    p = make_plan(desired, observed, adopt=adopt, guest=guest)
     return PlanResult(desired, observed, p, client.calls - before)
 
 
+def _reader(s: Session, root: RootAccess | None) -> FactReader | None:
+    """Host facts through the root transport; guest facts through the guest route."""
+    if root is None:
+        return None
+    router = s.router
+    if router is not None:
+        return GuestFactReader(router, root.transport, s.client)
+    return TransportFactReader(root.transport) if root.transport else None
+
+
 def _plan(s: Session, root: RootAccess | None) -> PlanResult:
-    reader = TransportFactReader(root.transport) if root and root.transport else None
+    reader = _reader(s, root)
     o = s.options
-    result = plan(s.desired, s.client, adopt=o.adopt, reader=reader)
+    result = plan(
+        s.desired,
+        s.client,
+        adopt=o.adopt,
+        reader=reader,
+        guest=s.guest_access(generate=False),
+    )
+    if s.router is not None:
+        s.router.learn(places(s.desired.stacks, result.observed))
     notes: tuple[str, ...] = ()
     if root is not None and root.transport is None and root.via == "ssh":
         notes = (f"host facts not read: {root.reason}",)
@@ -62,8 +82,12 @@ def _plan(s: Session, root: RootAccess | None) -> PlanResult:
 
 
 def plan_run(s: Session) -> PlanResult:
-    """``pvestack plan``: reads host and guest facts as root only when SSH is configured."""
-    return _plan(s, s.root if s.cfg.root.via == "ssh" else None)
+    """``pvestack plan``: reads host and guest facts as root only when SSH is configured
+    (guest facts over the CT's own SSH when its key exists). Writes no file."""
+    # guest facts over SSH only with the keys already there (opening would make them)
+    keys_ready = all(g.public_key for g in s.guest_access(generate=False).values())
+    via_ssh = s.cfg.root.via == "ssh" or (s.guest_settings.via == "ssh" and keys_ready)
+    return _plan(s, s.root if via_ssh else None)
 
 
 # ---------------------------------------------------------------- apply
@@ -108,6 +132,7 @@ def apply_run(s: Session, hooks: ApplyHooks = ApplyHooks(), *, run_verify: bool 
     for its effects through the API, plan again and continue; then verify."""
     root = s.root
     notes = (root.reason,) if root.transport is None and root.via == "ssh" else ()
+    s.guest_access(generate=True)  # the per-stack keys exist before the plan (create needs them)
     p = _plan(s, root).plan
     if hooks.on_plan is not None:
         hooks.on_plan(p, s.cfg.root.via)
@@ -115,18 +140,22 @@ def apply_run(s: Session, hooks: ApplyHooks = ApplyHooks(), *, run_verify: bool 
         hooks.confirm(p)
     res = _apply_plan(s, p, hooks)
     script = None
+    root_only = s.router is not None
     if res.exit_code == 3 and root.via == "console":
         # the token's part changed the node (e.g. started the CT): the script comes
         # from a fresh plan, so it holds what is needed now (the reboot, for one)
         fresh = _plan(s, None).plan
-        script = render_console_script(fresh, source=s.cfg.source_file)
+        script = render_console_script(fresh, source=s.cfg.source_file, root_only=root_only)
         if script is not None and hooks.hand_off is not None:
             hooks.hand_off(script, root_effects_missing(s.client, fresh))
             script = None  # printed, and its effects seen
-            p = _plan(s, None).plan
+            p = _plan(s, root).plan
             if hooks.on_plan is not None:
                 hooks.on_plan(p, s.cfg.root.via)
             res = _apply_plan(s, p, hooks)
+    elif res.exit_code == 3 and s.router is not None and s.router.refused and root.transport:
+        p = _plan(s, root).plan  # root over SSH authorizes the refused key, then on
+        res = _apply_plan(s, p, hooks)
     report = None
     if run_verify and res.exit_code == 0:
         if hooks.on_verify is not None:
@@ -175,6 +204,10 @@ def verify_run(s: Session) -> VerifyReport:
     for st in observed.stacks:
         c = st.container
         vmids[st.name] = c.vmid if c is not None and c.owner_stack == st.name else None
+    router = s.router
+    if router is not None:  # in-container checks over the guest route
+        router.learn(places(desired.stacks, observed))
+        return verify(desired, vmids, s.client.get, router)
     return verify(desired, vmids, s.client.get, s.root.transport)
 
 
@@ -187,9 +220,12 @@ class ConsoleScript:
 def console_script_run(s: Session) -> ConsoleScript:
     """``pvestack console-script``: the current plan's root steps as one script."""
     p = _plan(s, None).plan
-    _in_script, left = console_actions(p)
+    root_only = s.guest_settings.via == "ssh"
+    _in_script, left = console_actions(p, root_only=root_only)
+    if root_only:  # guest.via = "ssh": guest steps never belong in the script
+        left = ()
     try:
-        script = render_console_script(p, source=s.cfg.source_file)
+        script = render_console_script(p, source=s.cfg.source_file, root_only=root_only)
     except ValueError as e:  # a secret in a step: render_script refuses
         raise PvestackError(str(e)) from None
     return ConsoleScript(script, left)

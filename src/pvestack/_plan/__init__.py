@@ -21,9 +21,9 @@ Every action carries a typed ``Target``, an ``ActionKind`` and a typed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from pvestack._model import DesiredState, ObservedState, Plan, StackSpec
+from pvestack._model import DesiredState, GuestAccess, ObservedState, Plan, StackSpec
 from pvestack._plan._stack import StackPlanner
 from pvestack._plan._values import TOKEN_FEATURES, same_value
 
@@ -33,10 +33,17 @@ def plan(
     observed: ObservedState,
     *,
     adopt: bool = False,
+    guest: Mapping[str, GuestAccess] | None = None,
 ) -> Plan:
+    """``guest``: each stack's guest route (absent: ``pct``, no guest-access steps)."""
     actions, refused, warnings = [], [], []
     for spec in _ordered(desired.stacks):
-        p = StackPlanner(spec, observed.stack(spec.name), adopt=adopt)
+        p = StackPlanner(
+            spec,
+            observed.stack(spec.name),
+            adopt=adopt,
+            guest=(guest or {}).get(spec.name),
+        )
         p.run()
         actions.extend(p.actions)
         refused.extend(p.refused)

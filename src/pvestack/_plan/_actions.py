@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pvestack._commands import Step
 from pvestack._model import (
     Action,
     ActionKind,
@@ -216,4 +217,25 @@ def probe(c: StackCtx, bm: BindMount) -> Action:
         stack=c.name,
         after={"writable": bm.ct_path},
         steps=(root_steps.mount_probe_step(c.vmid, bm, c.ct.idmap),),
+    )
+
+
+def guest_access(c: StackCtx, steps: Sequence[Step], *, key_refused: bool) -> Action:
+    """Root steps for the SSH guest route (``pvestack._steps.guest_access``): no secret."""
+    why = (
+        "the container refused the stack's key: authorize it"
+        if key_refused
+        else "the guest route is SSH and the description has no host-key record"
+    )
+    return Action(
+        id=f"{c.name}:guest-access",
+        kind=ActionKind.GUEST_ACCESS,
+        change=Change.RUN,
+        target=c.target,
+        actor=Actor.ROOT,
+        reason=why,
+        precondition=Running(c.name),
+        stack=c.name,
+        after={"pvestack-hostkey": "SHA256:... (read on the node)"},
+        steps=tuple(steps),
     )

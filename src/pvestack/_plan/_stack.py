@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from pvestack._commands import display
+from pvestack._errors import HostKeyError
 from pvestack._model import (
     Absent,
     Action,
@@ -15,6 +16,7 @@ from pvestack._model import (
     ApiCall,
     BindMount,
     Change,
+    GuestAccess,
     ObservedContainer,
     ObservedStack,
     StackSpec,
@@ -29,11 +31,24 @@ from pvestack._plan._update import changed_binds, resize_diff, token_diff, unkno
 from pvestack._plan._values import TOKEN_FEATURES
 from pvestack._pvevalues import format_features, idmap_lines
 from pvestack._steps import guest as guest_steps
+from pvestack._steps.guest_access import (
+    guest_access_steps,
+    parse_hostkey_record,
+    ssh_public_keys_param,
+)
 
 
 class StackPlanner:
-    def __init__(self, spec: StackSpec, obs: ObservedStack, *, adopt: bool) -> None:
+    def __init__(
+        self,
+        spec: StackSpec,
+        obs: ObservedStack,
+        *,
+        adopt: bool,
+        guest: GuestAccess | None = None,
+    ) -> None:
         self.ctx = StackCtx(spec, obs, spec.container.node, obs.vmid or 0, adopt)
+        self.guest_access = guest
         self.actions: list[Action] = []
         self.refused: list[str] = []
         self.warnings: list[str] = []
@@ -112,6 +127,8 @@ class StackPlanner:
         if ct.start:
             self._add(build.start(c))
         self._probes(ct.bind_mounts)
+        if ct.start:
+            self._guest_access(str(ct.api_config.get("description", "")), created=True)
         self._guest()
 
     def _template_call(self, t: TemplateSpec) -> ApiCall:
@@ -165,6 +182,7 @@ class StackPlanner:
             params[vm.key] = vm.pve_value
         if ct.protection:
             params["protection"] = 1
+        params.update(self._create_key())
         after: dict[str, str | None] = {
             k: str(v) for k, v in params.items() if k not in ("vmid", "description")
         }
@@ -211,6 +229,9 @@ class StackPlanner:
         running = cur.status == "running"
         if changed or (not running and ct.start and root_set):
             self._probes(changed or ct.bind_mounts)
+        if running or ct.start:
+            desc = diff.set.get("description", cfg.get("description", ""))
+            self._guest_access(str(desc), created=False, observed=cfg.get("description", ""))
         self._guest()
 
     def _power(self, cur: ObservedContainer, *, root: bool, nesting: bool) -> None:
@@ -316,3 +337,34 @@ class StackPlanner:
         c = self.ctx
         if c.spec.app is not None:
             self.actions.extend(guest_steps.guest_actions(c.spec, c.obs, c.vmid))
+
+    # -------------------------------------------------------------- guest access (ssh)
+
+    def _create_key(self) -> dict[str, str]:
+        """``ssh-public-keys`` at create (token-safe) when the guest route is SSH."""
+        g = self.guest_access
+        if g is None or g.via != "ssh":
+            return {}
+        if g.public_key is None:
+            self.warnings.append(
+                f"{self.ctx.name}: a new SSH key for the guest route will be generated at "
+                "apply (ssh-public-keys at create)"
+            )
+            return {}
+        return ssh_public_keys_param(g.public_key)
+
+    def _guest_access(self, desc: str, *, created: bool, observed: str = "") -> None:
+        """The root steps that open the CT's own SSH door (sshd, the key, the host-key
+        record), when the description has no record or the CT refused the key."""
+        g = self.guest_access
+        if g is None or g.via != "ssh":
+            return
+        try:
+            recorded = parse_hostkey_record(observed) is not None
+        except HostKeyError:
+            recorded = False  # malformed: the record step writes a good one
+        if recorded and not g.key_refused and not created:
+            return
+        key_at_create = created and g.public_key is not None
+        steps = guest_access_steps(self.ctx.vmid, desc, g.public_key, key_at_create=key_at_create)
+        self._add(build.guest_access(self.ctx, steps, key_refused=g.key_refused))

@@ -39,10 +39,12 @@ class TokenDiff:
 def token_diff(stack: str, ct: ContainerSpec, cfg: Mapping[str, str]) -> TokenDiff:
     d = TokenDiff()
     for key, want in ct.api_config.items():
+        if key == "rootfs":
+            continue
         value = want
         if key == "description":  # keep the host-key record a root step wrote there
             value = keep_hostkey_record(str(want), str(cfg.get(key) or ""))
-        if key != "rootfs" and not same_value(key, value, cfg.get(key)):
+        if not same_value(key, value, cfg.get(key)):
             d.put(key, value, cfg.get(key))
     d.deletes = [k for k in DELETABLE if k not in ct.api_config and k in cfg]
     for k in d.deletes:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvestack._commands import Command, Secret, Step, mask
-from pvestack._errors import HostKeyError, RootStepError, TransportError
+from pvestack._errors import GuestKeyRefused, HostKeyError, RootStepError, TransportError
 from pvestack._guest_settings import GuestSettings, stack_key
 from pvestack._steps.guest import DOCKER_LOAD
 from pvestack._steps.guest_access import require_hostkey_record
@@ -199,7 +199,7 @@ def _connect(t: GuestTarget) -> paramiko.SSHClient:
         raise
     except paramiko.AuthenticationException as e:
         client.close()
-        raise TransportError(
+        raise GuestKeyRefused(
             f"{t.where} refused pvestack's key {t.key_file} for root: {e}",
             hint=(
                 "the container's /root/.ssh/authorized_keys lacks the key: run the root "

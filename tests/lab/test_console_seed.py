@@ -1,0 +1,165 @@
+"""The seed topology (LiteLLM gateway + Hermes, ``examples/lab-console.toml``) for the
+console-only user, on real LXC, with the node's SSH settings pointed at a closed port:
+apply stops with the root-only script (exit 3), the script runs as root on the node
+(``bash -s``), apply again does every guest step over the containers' own SSH (the
+image tarballs travel from this machine over that channel, the gateway key on stdin
+only) and verify runs its in-container checks over the same route; a third apply says
+"No changes". No secret in the script, in anything printed, in the argv seen in the
+containers while the guest steps ran (``ps`` snapshots), or in ``docker inspect``.
+
+Verify's bind-mount checks look at the host side of the mount (``stat`` on the node),
+which a console-only run cannot do: they report "no root transport" (the probes in
+the script proved the mounts when they ran); every other check must pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labkit import host_tmpdir, make_lab, ssh
+
+from pvelab.control import Lab
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
+IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
+TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+MARKER = "PVESTACK-ROOT-STEPS-DONE"
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if any(not (IMAGES / t).is_file() for t in TARBALLS):
+        pytest.skip(f"lab images missing in {IMAGES} (scripts/build-lab-images.sh)")
+    lab = make_lab(host_tmpdir("pvestack-labconseed-"), 4)
+    try:
+        lab.up(install=False)
+        yield lab
+    finally:
+        lab.down(purge=True)
+        shutil.rmtree(lab.dir, ignore_errors=True)
+
+
+def pvestack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=3000, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def extract_script(stdout: str) -> str:
+    start = stdout.index("#!/usr/bin/env bash")
+    call = "pvestack_root_steps </dev/null"
+    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
+    return stdout[start:end] + "\n"
+
+
+def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
+    (lab.dir / "images").mkdir(exist_ok=True)
+    for t in TARBALLS:
+        (lab.dir / "images" / t).symlink_to(IMAGES / t)
+    net = ipaddress.ip_network(lab.settings.subnet)
+    hosts = list(net.hosts())
+    gw_ip = str(hosts[-5])
+    master = "sk-lab-" + secrets.token_hex(16)
+    node_env = {**os.environ, **lab.env()}  # the test's own root shell on the node
+    env = {
+        **node_env,
+        "LITELLM_MASTER_KEY": master,
+        "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
+        "PVESTACK_LAB_GATEWAY_IP": gw_ip,
+        "PVESTACK_LAB_ROUTER": str(hosts[0]),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        # root over SSH would go here: a closed port, no key
+        "PVESTACK_SSH_HOST": "127.0.0.1",
+        "PVESTACK_SSH_PORT": str(closed_port()),
+        "PVESTACK_SSH_KEY": "/nonexistent/key",
+    }
+    env.pop("PVESTACK_ROOT_VIA", None)
+    stack = lab.dir / "lab-console.toml"
+    stack.write_text((ROOT / "examples" / "lab-console.toml").read_text())
+    printed: list[str] = []
+    secret_values = (master, env["PVESTACK_TOKEN_SECRET"])
+
+    r = pvestack(env, "apply", "-c", str(stack))
+    printed += [r.stdout, r.stderr]
+    assert r.returncode == 3, r.stdout[-6000:] + r.stderr[-3000:]
+    script = extract_script(r.stdout)
+    assert "docker" not in script and "pct push" not in script and ".env" not in script
+    print(f"console script: {len(script.encode())} bytes, {len(script.splitlines())} lines")
+
+    pasted = ssh(node_env, "bash -s", 1200, stdin=script)
+    assert pasted.returncode == 0, pasted.stdout[-3000:] + pasted.stderr[-3000:]
+    assert pasted.stdout.rstrip().splitlines()[-1] == MARKER
+
+    # argv seen in the containers while the guest steps run: `ps` snapshots
+    snapshots: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for vmid in (217, 218):
+                ps = ssh(node_env, f"pct exec {vmid} -- ps -eo args", 30)
+                snapshots.append(ps.stdout)
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        r = pvestack(env, "apply", "-c", str(stack), "--json")
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+    printed += [r.stdout, r.stderr]
+    assert len(snapshots) > 10 and any("docker" in x for x in snapshots)
+    assert not [x for x in snapshots if master in x]
+    data = json.loads(r.stdout)
+    results = data["results"]
+    assert results and all(x["outcome"] in ("done", "skipped") for x in results), results
+    assert any(x["actor"] == "guest" and x["outcome"] == "done" for x in results)
+
+    r = pvestack(env, "verify", "-c", str(stack), "--json")
+    printed += [r.stdout, r.stderr]
+    checks = json.loads(r.stdout)["checks"]
+    bad = [
+        c for c in checks
+        if c["status"] == "fail" and not c["id"].startswith("mount.")
+    ]  # fmt: skip
+    assert bad == [], bad
+    print("mount checks:", [(c["id"], c["status"]) for c in checks if c["id"].startswith("mount.")])
+    for c in checks:
+        if c["id"].startswith("mount.") and c["status"] == "fail":
+            assert "no root transport" in c["evidence"], c
+    assert any(c["id"] == "llm.roundtrip" and c["status"] == "pass" for c in checks), checks
+
+    r = pvestack(env, "apply", "-c", str(stack), "--no-verify")
+    printed += [r.stdout, r.stderr]
+    assert r.returncode == 0 and "No changes" in r.stdout, r.stdout[-3000:] + r.stderr
+
+    for text in (script, *printed):
+        for value in secret_values:
+            assert value not in text
+    for vmid in (217, 218):
+        inspect = ssh(node_env, f"pct exec {vmid} -- sh -c 'docker inspect $(docker ps -aq)'", 120)
+        assert inspect.returncode == 0, inspect.stderr
+        assert master not in inspect.stdout

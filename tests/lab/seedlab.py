@@ -28,7 +28,7 @@ from pvelab.control import Lab
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
 IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
-TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+TARBALLS = ("hermes-agent-0.18.2-boot1.tar", "hermes-agent-0.19.0-boot1.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 MOCK_ANSWER = "OK (the lab gateway's mock model)"
 
@@ -103,6 +103,7 @@ class SeedLab:
             **os.environ,
             **lab.env(),
             "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+            "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
             "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
             "PVESTACK_LAB_GATEWAY_IP": gw_ip,
             "PVESTACK_LAB_ROUTER": str(hosts[0]),

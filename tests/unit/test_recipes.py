@@ -18,6 +18,7 @@ from pvestack._config import load_config
 from pvestack._desired import build_desired, check_apps
 from pvestack._errors import ConfigError, SecretError
 from pvestack._model import AppFile, AppSpec
+from pvestack._verifyspec import HermesFacts, LiteLLMFacts
 from pvestack.recipes import (
     HermesApp,
     LiteLLMApp,
@@ -198,7 +199,8 @@ def test_hermes_compose_structure() -> None:
     assert not any(v.endswith(":ro") for v in svc["volumes"])
     assert (svc["mem_limit"], svc["cpus"]) == ("3g", 2.0)
     assert spec.services == ("hermes",)
-    assert spec.verify["container"] == svc["container_name"] == "hermes"
+    assert isinstance(spec.verify, HermesFacts)
+    assert spec.verify.container == svc["container_name"] == "hermes"
 
 
 def test_hermes_binds_the_stack_mounts_like_the_seed(tmp_path: Path) -> None:
@@ -214,7 +216,7 @@ def test_hermes_binds_the_stack_mounts_like_the_seed(tmp_path: Path) -> None:
     # the optional Telegram token is not set: no platform, no token line
     env = text_of(file_of(app, "/.env"))
     assert env == f"LITELLM_API_KEY={KEY.value}\n"
-    assert app.verify["platforms"] == ""
+    assert isinstance(app.verify, HermesFacts) and app.verify.platforms == ()
 
 
 def test_hermes_env_holds_the_secrets_only_as_secret_parts() -> None:
@@ -233,7 +235,7 @@ def test_hermes_env_holds_the_secrets_only_as_secret_parts() -> None:
     masked = Payload(f.content).masked()
     assert KEY.value not in masked and TG.value not in masked and MASK in masked
     assert set(spec.secrets) == {KEY, TG}
-    assert spec.verify["platforms"] == "telegram"
+    assert isinstance(spec.verify, HermesFacts) and spec.verify.platforms == ("telegram",)
     # no other file carries a secret, nor its value in text
     for other in spec.files:
         if other is f:
@@ -255,7 +257,7 @@ def test_hermes_uid_follows_the_data_dir_owner() -> None:
     assert "/srv/hermes:/opt/data" in svc["volumes"]
     env = file_of(spec, "/srv/hermes/.env")
     assert (env.uid, env.gid) == (1000, 1001)
-    assert spec.verify["data_dir"] == "/srv/hermes"
+    assert isinstance(spec.verify, HermesFacts) and spec.verify.data_dir == "/srv/hermes"
 
 
 def test_compose_config_accepts_the_files(tmp_path: Path) -> None:
@@ -314,8 +316,9 @@ def test_litellm_config_has_the_master_key_and_mock_model() -> None:
     assert compose["ports"] == ["4100:4100"]
     assert "/opt/litellm-stack/config.yaml:/app/config.yaml:ro" in compose["volumes"]
     assert "environment" not in compose  # the key is not in docker inspect
-    assert spec.verify["models"] == "mock-gpt" and spec.verify["port"] == "4100"
-    assert spec.verify["project"] == project_name("gateway") == "gateway"
+    assert isinstance(spec.verify, LiteLLMFacts)
+    assert spec.verify.models == ("mock-gpt",) and spec.verify.port == 4100
+    assert spec.verify.project == project_name("gateway") == "gateway"
 
 
 def test_litellm_upstream_keys_are_secrets_with_yaml_escaping() -> None:

@@ -461,6 +461,12 @@ def up_step(stack: StackSpec, app: AppSpec, vmid: int) -> Step:
 # ---------------------------------------------------------------- observe
 
 
+def guest_fact_commands_yaml_args(f: AppFile) -> tuple[str, str]:
+    """``FACTS``' arguments after ``--yaml PATH``: the managed key paths (JSON) and the
+    program that prints their digests (``recipes._yamlkeys``)."""
+    return json.dumps([list(p) for p in yaml_paths(f)]), yaml_merge_program()
+
+
 def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
     """Read-only commands (run as root on the node) whose output ``parse_guest_facts`` reads."""
     app = stack.app
@@ -472,8 +478,7 @@ def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
         if f.merge_env:
             args += ["--managed", f.path, *managed_keys(f), "--"]
         if f.merge_yaml:
-            paths = json.dumps([list(p) for p in yaml_paths(f)])
-            args += ["--yaml", f.path, paths, yaml_merge_program()]
+            args += ["--yaml", f.path, *guest_fact_commands_yaml_args(f)]
     return (pct_sh(vmid, FACTS, *args),)
 
 

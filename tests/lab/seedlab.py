@@ -79,7 +79,9 @@ class SeedLab:
                 check=False,
             )
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        lock = Path("/run/pvestack-labseed.lock").open("w")  # noqa: SIM115
+        # one seed lab per test slot at a time (the slot shifts its number, bridge, subnet)
+        slot = os.environ.get("PVESTACK_LABTEST_SLOT", "0")
+        lock = Path(f"/run/pvestack-labseed-{slot}.lock").open("w")  # noqa: SIM115
         fcntl.flock(lock, fcntl.LOCK_EX)
         lab = make_lab(host_tmpdir("pvestack-labseed-"), 6)
 

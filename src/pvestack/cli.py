@@ -462,11 +462,13 @@ def verify(
 
 def _print_verify(report: Any) -> None:
     for r in report.results:
-        colour = {"pass": "green", "fail": "red", "skip": "yellow"}.get(r.status.value, "white")
+        colour = {"pass": "green", "fail": "red", "skip": "yellow", "unverified": "magenta"}.get(
+            r.status.value, "white"
+        )
         out.print(f"[{colour}]{r.status.value:>4}[/] {escape(r.stack)}: {escape(r.title)}")
         if r.evidence:
             out.print(f"       {r.evidence}", markup=False)
-        if r.fix and r.status.value == "fail":
+        if r.fix and r.status.value in ("fail", "unverified"):
             out.print(f"       fix: {r.fix}", markup=False)
 
 

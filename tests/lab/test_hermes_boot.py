@@ -72,7 +72,7 @@ def test_hermes_config_stays_converged_through_boot_migration(seed: SeedLab) -> 
     assert config(seed)["model"] == {"provider": "custom:litellm", "default": "hand-edited"}
     code, out = plan(seed)
     assert code == 2, out
-    changed = re.findall(r"changed\W+(.*)", out)
+    changed = re.findall(r"^\s+changed = (.*)$", out, re.MULTILINE)
     assert [c.strip().strip("'\"") for c in changed] == ["model.default"], out
     assert "config.yaml" in out and "/.env" not in out and "compose.yml" not in out, out
 

@@ -2,7 +2,8 @@
 # Build the lab's Docker images without Docker Hub (which the lab cannot reach):
 #   1. a Debian 12 base image: `docker import` of the lab's debootstrap template;
 #   2. Hermes Agent:   pip install hermes-agent==V on it, for V in 0.18.2 and 0.19.0, tagged
-#      pvestack-lab/hermes-agent:V-boot1, with a boot like the official image's (below);
+#      pvestack-lab/hermes-agent:V-boot2 (with the messaging extra: the gateway platforms and
+#      the API server need aiohttp), with a boot like the official image's (below);
 #   3. LiteLLM proxy:  pip install 'litellm[proxy]==1.82.6' on it (entrypoint `litellm`,
 #      as the official image's compose usage: command ["--config", FILE, "--port", "4000"]).
 # Each image is `docker save`d to a tarball cached under $PVESTACK_LAB_DIR/images, which
@@ -19,7 +20,7 @@ OUT=$LAB_DIR/images
 # Two releases, so an upgrade can be tested for real. HERMES_REV: bump it when the image
 # recipe below changes, so a tarball of an older recipe is never reused.
 HERMES_VERSIONS=${HERMES_VERSIONS:-0.18.2 0.19.0}
-HERMES_REV=boot1
+HERMES_REV=boot2
 LITELLM_VERSION=1.82.6 # pinned: 1.82.7 and 1.82.8 were malicious releases
 TEMPLATE=debian-12-standard_12.12-1_amd64.tar.zst
 BASE=pvestack-lab/debian:12
@@ -180,7 +181,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
  && rm -rf /var/lib/apt/lists/*
 COPY build-ca.crt /tmp/build-ca.crt
 RUN python3 -m venv /opt/hermes/.venv \\
- && PIP_CERT=/tmp/build-ca.crt /opt/hermes/.venv/bin/pip install --no-cache-dir 'hermes-agent==$v' \\
+ && PIP_CERT=/tmp/build-ca.crt /opt/hermes/.venv/bin/pip install --no-cache-dir 'hermes-agent[messaging]==$v' \\
  && rm -f /tmp/build-ca.crt && chmod -R a+rX /opt/hermes
 RUN groupadd -g 10000 hermes && useradd -u 10000 -g 10000 -d /home/hermes -M -s /bin/sh hermes
 ENV PATH=/opt/hermes/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\

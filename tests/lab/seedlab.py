@@ -28,7 +28,7 @@ from pvelab.control import Lab
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
 IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
-TARBALLS = ("hermes-agent-0.18.2-boot1.tar", "hermes-agent-0.19.0-boot1.tar", "litellm-1.82.6.tar")
+TARBALLS = ("hermes-agent-0.18.2-boot2.tar", "hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 MOCK_ANSWER = "OK (the lab gateway's mock model)"
 

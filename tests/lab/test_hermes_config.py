@@ -46,7 +46,7 @@ def rendered(**over: Any) -> str:
         "gateway_url": "http://10.77.0.250:4000/v1",
         "gateway_key": "k",
         "default_model": "mock-gpt",
-        "image": "pvestack-lab/hermes-agent:0.19.0-boot1",
+        "image": "pvestack-lab/hermes-agent:0.19.0-boot2",
         **over,
     }
     app = render_app(

@@ -42,7 +42,7 @@ def config(model: str = "mock-gpt", **over: Any) -> AppFile:
     raw: dict[str, Any] = {
         "recipe": "hermes",
         "docker": "debian",
-        "image": "pvestack-lab/hermes-agent:0.19.0-boot1",
+        "image": "pvestack-lab/hermes-agent:0.19.0-boot2",
         "gateway_url": "http://10.77.0.250:4000/v1",
         "gateway_key": "litellm_key",
         "default_model": model,

@@ -381,3 +381,26 @@ def test_the_runc_breakage_is_recognised_with_the_node_fix() -> None:
         Node(lambda c: CommandOutput(1, "", "Cannot connect") if "run" in c.argv else None)
     )
     assert "lxc-pve" not in other["hermes/docker.engine"].fix
+
+
+def test_the_api_servers_address_comes_from_the_api_when_it_knows_it() -> None:
+    def with_interfaces(path: str) -> Any:
+        if path.endswith("/218/interfaces"):
+            return [
+                {"name": "lo", "inet": "127.0.0.1/8"},
+                {"name": "eth0", "inet": "10.77.0.99/24"},
+            ]
+        return api_get(path)
+
+    node = Node()
+    web = Web(
+        lambda m, u: (
+            HttpAnswer(200, json.dumps({"choices": [{"message": {"content": "OK"}}]}))
+            if u == "http://10.77.0.99:8642/v1/chat/completions"
+            else None
+        )
+    )
+    report = verify(desired(), VMIDS, with_interfaces, node, http=web)
+    c = next(r for r in report.results if r.id == "hermes.api.chat")
+    assert c.status is Status.PASS, c
+    assert not any("addr" in c.argv for c in node.seen)  # no need to look inside

@@ -584,7 +584,8 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         if in_sync is False and fact not in ("?", "-"):
             after["changed"] = ", ".join(yaml_changes(f, fact))
         if f.services:
-            after["restarts"] = ",".join(f.services) + " (if the bytes change)"
+            when = "a managed key changes" if f.merge_yaml else "the bytes change"
+            after["restarts"] = ",".join(f.services) + f" (if {when})"
         actions.append(
             Action(
                 id=f"{stack.name}:guest:file:{f.path}",

@@ -209,6 +209,7 @@ def test_wrong_key_is_named_and_secrets_are_masked() -> None:
     assert c.status is Status.FAIL and "refused the key" in c.fix
     assert KEY not in c.evidence and "***" in c.evidence
     assert checks["hermes/llm.roundtrip"].status is Status.SKIP
+    assert checks["hermes/hermes.api.chat"].status is Status.SKIP  # one broken key, one fail
 
 
 def test_a_leaked_secret_in_docker_inspect_fails() -> None:

@@ -20,7 +20,8 @@ prints:
   observing the node, planning, SSH set-up);
 * verify, and the no-op apply (observe + plan, nothing to do).
 
-``LITELLM_MASTER_KEY`` is generated for the run when unset (never printed).
+``LITELLM_MASTER_KEY`` and ``HERMES_API_KEY`` are generated for the run when unset
+(never printed).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main() -> int:
         return 2
     env = dict(os.environ)
     env.setdefault("LITELLM_MASTER_KEY", "sk-bench-" + secrets.token_hex(16))
+    env.setdefault("HERMES_API_KEY", "hermes-bench-" + secrets.token_hex(16))
 
     if not args.keep:
         _, r = run(env, "destroy", "-c", args.config, "--yes")

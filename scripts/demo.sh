@@ -18,6 +18,9 @@ if [ ! -s "$secrets" ]; then
   umask 077
   printf 'LITELLM_MASTER_KEY=sk-%s\n' "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$secrets"
 fi
+if ! grep -q '^HERMES_API_KEY=' "$secrets"; then # Hermes's API server (examples/lab.toml)
+  printf 'HERMES_API_KEY=hermes-%s\n' "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$secrets"
+fi
 set -a
 # shellcheck disable=SC1090
 . "$secrets"

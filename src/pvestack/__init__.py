@@ -1,6 +1,7 @@
 """pvestack: Docker app stacks in unprivileged Proxmox VE LXC containers, from one file."""
 
 from pvestack._errors import (
+    CannotRun,
     ConfigError,
     GuestKeyRefused,
     HostKeyError,
@@ -27,6 +28,7 @@ from pvestack._errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CannotRun",
     "ConfigError",
     "GuestKeyRefused",
     "HostKeyError",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -972,8 +973,13 @@ def format_loc(loc: Sequence[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            # a bare TOML key as is; any other (empty, dotted, spaced) quoted as TOML does
+            name = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            out += ("." if out else "") + name
     return out
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:

@@ -181,3 +181,8 @@ class SnapshotUnavailable(PvestackError):
 
 class RollbackFailed(PvestackError):
     """A rollback task failed; the message says the CT's state and what to run."""
+
+
+class CannotRun(PvestackError):
+    """A check could not look (no transport, the container or address unreachable):
+    verify reports it as ``unverified``, never as a pass."""

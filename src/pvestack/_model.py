@@ -16,6 +16,7 @@ from typing import Any
 
 from pvestack._commands import Secret, Step
 from pvestack._pvevalues import parse_tags
+from pvestack._verifyspec import AppFacts
 
 MARK_TAG = "pvestack"
 MARK_LINE_PREFIX = "pvestack-stack: "
@@ -201,12 +202,8 @@ class AppSpec:
     docker_source: str = "debian"  # "docker-ce" | "debian" | "preinstalled"
     services: tuple[str, ...] = ()
     secrets: tuple[Secret, ...] = ()
-    # What verify needs to know of the app, by recipe: e.g. for hermes
-    # {"data_dir": "/opt/hermes", "container": "hermes", "gateway_url": ..., "default_model": ...,
-    #  "key_env": "LITELLM_API_KEY", "platforms": "telegram,discord", "uid": "10000",
-    #  "gid": "10000"}; for litellm {"port": "4000", "models": "m1,m2",
-    #  "key_env": "LITELLM_MASTER_KEY", "container": ..., "master_key": <secret name>}.
-    verify: Mapping[str, str] = field(default_factory=frozen_map)
+    # What verify needs to know of the app (a frozen value per recipe: _verifyspec).
+    verify: AppFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +215,7 @@ class AppFile:
     gid: int = 0
     services: tuple[str, ...] = ()  # services to restart when this file changes
     merge_env: bool = False  # .env: keep keys the stack file does not set
+    merge_yaml: bool = False  # YAML: own only the keys in content, keep the others
 
 
 @dataclass(frozen=True)

@@ -435,11 +435,12 @@ def verify(opts: "Options", *, json_out: JsonOpt = False) -> None:
 def _print_verify(report: "VerifyReport") -> None:
     colour = {"pass": "green", "fail": "red", "skip": "yellow"}
     for r in report.results:
+        colour = {"pass": "green", "fail": "red", "skip": "yellow", "unverified": "magenta"}
         _say(f"{r.status.value:>4}", style=colour.get(r.status.value, ""), end="")
         _say(f" {r.stack}: {r.title}")
         if r.evidence:
             _say(f"       {r.evidence}")
-        if r.fix and r.status.value == "fail":
+        if r.fix and r.status.value in ("fail", "unverified"):
             _say(f"       fix: {r.fix}")
 
 

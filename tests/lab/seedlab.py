@@ -28,7 +28,7 @@ from pvelab.control import Lab
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
 IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
-TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+TARBALLS = ("hermes-agent-0.18.2-boot2.tar", "hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 MOCK_ANSWER = "OK (the lab gateway's mock model)"
 
@@ -79,7 +79,9 @@ class SeedLab:
                 check=False,
             )
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        lock = Path("/run/pvestack-labseed.lock").open("w")  # noqa: SIM115
+        # one seed lab per test slot at a time (the slot shifts its number, bridge, subnet)
+        slot = os.environ.get("PVESTACK_LABTEST_SLOT", "0")
+        lock = Path(f"/run/pvestack-labseed-{slot}.lock").open("w")  # noqa: SIM115
         fcntl.flock(lock, fcntl.LOCK_EX)
         lab = make_lab(host_tmpdir("pvestack-labseed-"), 6)
 
@@ -103,6 +105,7 @@ class SeedLab:
             **os.environ,
             **lab.env(),
             "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+            "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
             "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
             "PVESTACK_LAB_GATEWAY_IP": gw_ip,
             "PVESTACK_LAB_ROUTER": str(hosts[0]),

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
 IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
-TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+TARBALLS = ("hermes-agent-0.18.2-boot2.tar", "hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 
 
@@ -75,6 +75,7 @@ def env(lab: Lab) -> dict[str, str]:
         **os.environ,
         **lab.env(),
         "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+        "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
         "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
         "PVESTACK_LAB_GATEWAY_IP": gw_ip,
         "PVESTACK_LAB_ROUTER": str(hosts[0]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,11 @@ def all_commands(actions: Any) -> list[Command]:
 # ---------------------------------------------------------------- run the programs here
 
 
+# The YAML merge runs `python3` with PyYAML: this venv's (a dependency of pvestack),
+# not whatever the host happens to have.
+PATH = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
 def sh(program: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-c", program, "sh", *args],
@@ -85,6 +91,7 @@ def sh(program: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProc
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "PATH": PATH},
     )
 
 
@@ -96,12 +103,13 @@ def run_write(
     step = guest.file_step(app, f, VMID)
     (c,) = step.commands
     argv = list(c.argv[c.argv.index("--") + 1 :])
-    assert argv[:2] == ["sh", "-c"] and argv[2] == guest.WRITE_FILE
+    program = guest.WRITE_YAML if f.merge_yaml else guest.WRITE_FILE
+    assert argv[:2] == ["sh", "-c"] and argv[2] == program
     args = argv[4:]
     args[2] = owner or f"{UID}:{GID}"
-    args[4] = str(marks)
+    args[3 if f.merge_yaml else 4] = str(marks)
     assert c.stdin is not None
-    return sh(guest.WRITE_FILE, *args, stdin=c.stdin.reveal())
+    return sh(program, *args, stdin=c.stdin.reveal())
 
 
 def test_write_file_is_atomic_idempotent_and_marks_restarts(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from pvestack._plan import plan
 from pvestack._render import render_text
 from pvestack._steps import root
 from pvestack.cli import app
-from pvestack.recipes import _render
+from pvestack.recipes._base import render as _render
 
 BASH = shutil.which("bash")
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,7 +259,7 @@ def test_yaml_comments_of_rendered_files_cannot_break_out() -> None:
         "hermes-compose.yml.j2",
         stack_name="s\nx: 2", image="i:1", container="c", restart="no", shm_size="1g",
         uid=1, gid=1, data_dir=data_dir, env_file="/p/hermes.env", mounts=[],
-        memory_limit=None, cpus=None, pids_limit=None,
+        memory_limit=None, cpus=None, pids_limit=None, api_port=None, dashboard=None,
     )  # fmt: skip
     doc = yaml.safe_load(text)
     assert set(doc) == {"services"}

@@ -18,6 +18,7 @@ from pvestack._config import load_config
 from pvestack._desired import build_desired, check_apps
 from pvestack._errors import ConfigError, SecretError
 from pvestack._model import AppFile, AppSpec
+from pvestack._verifyspec import HermesFacts, LiteLLMFacts
 from pvestack.recipes import (
     HermesApp,
     LiteLLMApp,
@@ -198,7 +199,8 @@ def test_hermes_compose_structure() -> None:
     assert not any(v.endswith(":ro") for v in svc["volumes"])
     assert (svc["mem_limit"], svc["cpus"]) == ("3g", 2.0)
     assert spec.services == ("hermes",)
-    assert spec.verify["container"] == svc["container_name"] == "hermes"
+    assert isinstance(spec.verify, HermesFacts)
+    assert spec.verify.container == svc["container_name"] == "hermes"
 
 
 def test_hermes_binds_the_stack_mounts_like_the_seed(tmp_path: Path) -> None:
@@ -214,7 +216,7 @@ def test_hermes_binds_the_stack_mounts_like_the_seed(tmp_path: Path) -> None:
     # the optional Telegram token is not set: no platform, no token line
     env = text_of(file_of(app, "/.env"))
     assert env == f"LITELLM_API_KEY={KEY.value}\n"
-    assert app.verify["platforms"] == ""
+    assert isinstance(app.verify, HermesFacts) and app.verify.platforms == ()
 
 
 def test_hermes_env_holds_the_secrets_only_as_secret_parts() -> None:
@@ -233,7 +235,7 @@ def test_hermes_env_holds_the_secrets_only_as_secret_parts() -> None:
     masked = Payload(f.content).masked()
     assert KEY.value not in masked and TG.value not in masked and MASK in masked
     assert set(spec.secrets) == {KEY, TG}
-    assert spec.verify["platforms"] == "telegram"
+    assert isinstance(spec.verify, HermesFacts) and spec.verify.platforms == ("telegram",)
     # no other file carries a secret, nor its value in text
     for other in spec.files:
         if other is f:
@@ -255,7 +257,7 @@ def test_hermes_uid_follows_the_data_dir_owner() -> None:
     assert "/srv/hermes:/opt/data" in svc["volumes"]
     env = file_of(spec, "/srv/hermes/.env")
     assert (env.uid, env.gid) == (1000, 1001)
-    assert spec.verify["data_dir"] == "/srv/hermes"
+    assert isinstance(spec.verify, HermesFacts) and spec.verify.data_dir == "/srv/hermes"
 
 
 def test_compose_config_accepts_the_files(tmp_path: Path) -> None:
@@ -314,8 +316,9 @@ def test_litellm_config_has_the_master_key_and_mock_model() -> None:
     assert compose["ports"] == ["4100:4100"]
     assert "/opt/litellm-stack/config.yaml:/app/config.yaml:ro" in compose["volumes"]
     assert "environment" not in compose  # the key is not in docker inspect
-    assert spec.verify["models"] == "mock-gpt" and spec.verify["port"] == "4100"
-    assert spec.verify["project"] == project_name("gateway") == "gateway"
+    assert isinstance(spec.verify, LiteLLMFacts)
+    assert spec.verify.models == ("mock-gpt",) and spec.verify.port == 4100
+    assert spec.verify.project == project_name("gateway") == "gateway"
 
 
 def test_litellm_upstream_keys_are_secrets_with_yaml_escaping() -> None:
@@ -353,3 +356,63 @@ def test_app_json_schema_accepts_the_examples_and_refuses_typos() -> None:
     jsonschema.validate(litellm_raw(), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(hermes_raw(colour="blue"), schema)
+
+
+# ---------------------------------------------------------------- API server and dashboard
+
+API = Secret("api_key", "hermes-api-SECRET-0123456789")
+
+
+def render_surfaces(**over: Any) -> AppSpec:
+    app = load_app(hermes_raw(**over), stack_name="hermes")
+    secrets = {"litellm_key": KEY, "telegram_token": TG, "api_key": API}
+    return render_app(app, stack_name="hermes", secrets=secrets)
+
+
+def test_api_server_and_dashboard_are_off_by_default() -> None:
+    spec = render_hermes()
+    compose = yaml.safe_load(text_of(file_of(spec, "compose.yml")))
+    assert list(compose["services"]) == ["hermes"] and "ports" not in compose["services"]["hermes"]
+    assert "API_SERVER" not in text_of(file_of(spec, "/.env"))
+    assert isinstance(spec.verify, HermesFacts)
+    assert spec.verify.api_server is None and spec.verify.dashboard_port is None
+
+
+def test_api_server_listens_on_the_ct_with_its_key_only_in_dotenv() -> None:
+    spec = render_surfaces(api_server={"port": 8700, "key": "api_key"})
+    svc = yaml.safe_load(text_of(file_of(spec, "compose.yml")))["services"]["hermes"]
+    assert svc["ports"] == ["8700:8700"]
+    env = file_of(spec, "/.env")
+    assert API in env.content
+    lines = text_of(env).splitlines()
+    for want in ("API_SERVER_ENABLED=true", "API_SERVER_HOST=0.0.0.0", "API_SERVER_PORT=8700"):
+        assert want in lines
+    assert f"API_SERVER_KEY={API.value}" in lines
+    for f in spec.files:
+        if not f.path.endswith("/.env"):
+            assert API.value not in text_of(f), f.path
+    assert API in spec.secrets
+    assert isinstance(spec.verify, HermesFacts) and spec.verify.api_server is not None
+    assert (spec.verify.api_server.port, spec.verify.api_server.key) == (8700, API)
+
+
+def test_api_server_key_shorter_than_hermes_accepts_is_refused() -> None:
+    app = load_app(hermes_raw(api_server={"key": "api_key"}), stack_name="hermes")
+    short = {"litellm_key": KEY, "telegram_token": TG, "api_key": Secret("api_key", "short")}
+    with pytest.raises(SecretError, match="shorter than 16"):
+        render_app(app, stack_name="hermes", secrets=short)
+
+
+def test_dashboard_is_bound_to_the_ct_loopback_unless_asked() -> None:
+    spec = render_surfaces(dashboard={"port": 9119})
+    services = yaml.safe_load(text_of(file_of(spec, "compose.yml")))["services"]
+    dash = services["dashboard"]
+    assert dash["network_mode"] == "host"
+    assert dash["command"] == ["dashboard", "--host", "127.0.0.1", "--port", "9119", "--no-open"]
+    assert dash["image"] == services["hermes"]["image"] and "ports" not in dash
+    assert spec.services == ("hermes", "dashboard")
+    wide = render_surfaces(dashboard={"host": "0.0.0.0"})
+    dash = yaml.safe_load(text_of(file_of(wide, "compose.yml")))["services"]["dashboard"]
+    assert dash["command"][2] == "0.0.0.0"
+    with pytest.raises(ConfigError):
+        load_app(hermes_raw(dashboard={"host": "everywhere"}), stack_name="hermes")

@@ -37,6 +37,7 @@ with ``.env`` compared on the keys the stack manages, compose service states).
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 from collections.abc import Sequence
 
@@ -53,6 +54,12 @@ from pvestack._model import (
     StackSpec,
     Target,
     TargetKind,
+)
+from pvestack.recipes import (
+    changed_yaml_keys,
+    managed_yaml_digest,
+    managed_yaml_paths,
+    yaml_merge_program,
 )
 
 DOCKER_KEY_URL = "https://download.docker.com/linux/debian/gpg"
@@ -174,6 +181,50 @@ if [ "$#" -gt 0 ]; then
 fi
 """
 
+# $1 file, $2 mode, $3 uid:gid, $4 restart-mark dir, $5 the merge program (recipes'
+# _yamlkeys, stdlib + PyYAML), $6... services to mark when a managed key changes. The
+# desired YAML on stdin: only its keys are written, every other key in the file is kept;
+# an unchanged file is never rewritten (mode/owner are fixed in place).
+WRITE_YAML = """\
+set -eu
+f=$1 mode=$2 owner=$3 marks=$4 prog=$5
+shift 5
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  echo "installing python3-yaml (pvestack merges $f with it)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q >/dev/null
+  apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q python3-yaml >/dev/null
+fi
+d=$(dirname "$f")
+if [ ! -d "$d" ]; then
+  (umask 022 && mkdir -p "$d")
+  chown "$owner" "$d"
+fi
+umask 077
+tmp=$(mktemp "$f.pvestack.XXXXXX")
+trap 'rm -f "$tmp" "$tmp.in"' EXIT
+cat >"$tmp.in"
+r=$(python3 -c "$prog" merge "$f" "$tmp.in" "$tmp")
+if [ "$r" = same ]; then
+  if [ "$(stat -c '%a %u:%g' "$f")" != "$(printf '%o' "0$mode") $owner" ]; then
+    chown "$owner" "$f"
+    chmod "$mode" "$f"
+    echo "unchanged: $f (mode/owner fixed)"
+  else
+    echo "unchanged: $f"
+  fi
+  exit 0
+fi
+chown "$owner" "$tmp"
+chmod "$mode" "$tmp"
+mv -f "$tmp" "$f"
+echo "written: $f (managed keys)"
+if [ "$#" -gt 0 ]; then
+  mkdir -p "$marks"
+  for s in "$@"; do : >"$marks/restart-$s"; done
+fi
+"""
+
 # $1 project dir, $2 project name, $3 marks dir. compose up -d, then restart the marked.
 COMPOSE_UP = """\
 set -eu
@@ -203,7 +254,9 @@ rm -f "$1"
 """
 
 # Observe (read-only). Args: project name, then groups "--images REF...", "--files PATH...",
-# "--managed PATH KEY... --". Prints "key<TAB>value" lines.
+# "--managed PATH KEY... --", "--yaml PATH PATHS_JSON PROGRAM". Prints "key<TAB>value"
+# lines; a YAML file's value is the digest of its managed keys (recipes._yamlkeys), "-"
+# when absent, "?" when it cannot be read (no python3-yaml yet: not observed).
 FACTS = """\
 project=$1
 shift
@@ -215,6 +268,14 @@ mode=
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --images|--files) mode=$1; shift; continue ;;
+    --yaml)
+      f=$2 paths=$3 prog=$4
+      shift 4
+      if [ ! -f "$f" ]; then v=-
+      elif h=$(python3 -c "$prog" digest "$f" "$paths" 2>/dev/null); then v="$(stat -c '%a %u:%g' "$f") $h"
+      else v='?'; fi
+      printf 'yaml:%s\t%s\n' "$f" "$v"
+      continue ;;
     --managed)
       f=$2
       shift 2
@@ -290,10 +351,33 @@ def managed_sha256(f: AppFile) -> str:
     return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
 
 
+def yaml_paths(f: AppFile) -> tuple[tuple[str, ...], ...]:
+    """The key paths a merged YAML file's content owns (no secrets in it)."""
+    return managed_yaml_paths(_reveal(f.content).decode())
+
+
+def yaml_state(f: AppFile) -> str:
+    """What ``FACTS`` prints for a merged YAML file whose managed keys are as desired."""
+    text = _reveal(f.content).decode()
+    digest = managed_yaml_digest(text, managed_yaml_paths(text))
+    return f"{_mode(f.mode)} {f.uid}:{f.gid} {digest}"
+
+
+def yaml_changes(f: AppFile, fact: str) -> tuple[str, ...]:
+    """What differs in the guest's YAML file: the managed keys (dotted), ``mode``, ``owner``."""
+    mode, owner, digests = [*fact.split(" ", 2), "", "", ""][:3]
+    out = list(changed_yaml_keys(_reveal(f.content).decode(), digests or "[]"))
+    if mode != _mode(f.mode):
+        out.append(f"mode {mode}")
+    if owner != f"{f.uid}:{f.gid}":
+        out.append(f"owner {owner}")
+    return tuple(out)
+
+
 def project_name(stack: StackSpec) -> str:
     app = stack.app
-    if app is not None and app.verify.get("project"):
-        return app.verify["project"]
+    if app is not None and app.verify is not None:
+        return app.verify.project
     return stack.name.lower()
 
 
@@ -330,7 +414,19 @@ def docker_steps(app: AppSpec, vmid: int) -> tuple[Step, ...]:
     )
 
 
+def yaml_file_step(app: AppSpec, f: AppFile, vmid: int) -> Step:
+    """Write only the managed keys of a YAML file (``AppFile.merge_yaml``), keep the rest."""
+    argv = (f.path, f.mode, f"{f.uid}:{f.gid}", marks_dir(app), yaml_merge_program(), *f.services)
+    what = (
+        f"set the managed keys of {f.path} (mode {f.mode}, owner {f.uid}:{f.gid}, keep other keys)"
+    )
+    command = pct_sh(vmid, WRITE_YAML, *argv, stdin=Payload(tuple(f.content)))
+    return Step(f"ct{vmid}:file:{f.path}", what, (command,))
+
+
 def file_step(app: AppSpec, f: AppFile, vmid: int) -> Step:
+    if f.merge_yaml:
+        return yaml_file_step(app, f, vmid)
     payload = Payload(tuple(f.content))
     argv = (
         f.path,
@@ -377,16 +473,24 @@ def up_step(stack: StackSpec, app: AppSpec, vmid: int) -> Step:
 # ---------------------------------------------------------------- observe
 
 
+def guest_fact_commands_yaml_args(f: AppFile) -> tuple[str, str]:
+    """``FACTS``' arguments after ``--yaml PATH``: the managed key paths (JSON) and the
+    program that prints their digests (``recipes._yamlkeys``)."""
+    return json.dumps([list(p) for p in yaml_paths(f)]), yaml_merge_program()
+
+
 def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
     """Read-only commands (run as root on the node) whose output ``parse_guest_facts`` reads."""
     app = stack.app
     if app is None:
         return ()
     args: list[str] = [project_name(stack), "--images", *(i.ref for i in app.images)]
-    args += ["--files", *(f.path for f in app.files if not f.merge_env)]
+    args += ["--files", *(f.path for f in app.files if not (f.merge_env or f.merge_yaml))]
     for f in app.files:
         if f.merge_env:
             args += ["--managed", f.path, *managed_keys(f), "--"]
+        if f.merge_yaml:
+            args += ["--yaml", f.path, *guest_fact_commands_yaml_args(f)]
     return (pct_sh(vmid, FACTS, *args),)
 
 
@@ -409,6 +513,13 @@ def parse_guest_facts(outputs: Sequence[str]) -> dict[str, str]:
 def _file_state(f: AppFile, obs: ObservedStack) -> tuple[bool | None, str]:
     """(in sync?, what is there). None: not observed."""
     facts = obs.guest_facts
+    if f.merge_yaml and f"yaml:{f.path}" in facts:
+        have = facts[f"yaml:{f.path}"]
+        if have == "-":
+            return False, "absent"
+        if have == "?":
+            return None, "not observed"
+        return have == yaml_state(f), "present"
     if f.merge_env and f"managed:{f.path}" in facts:
         have = facts[f"managed:{f.path}"]
         if have == "-":
@@ -481,10 +592,14 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         secrets = _secret_summary(f)
         if secrets:
             after["secrets"] = secrets
-        if f.merge_env:
+        if f.merge_env or f.merge_yaml:
             after["other keys"] = "kept"
+        fact = observed.guest_facts.get(f"yaml:{f.path}", "?") if f.merge_yaml else "?"
+        if in_sync is False and fact not in ("?", "-"):
+            after["changed"] = ", ".join(yaml_changes(f, fact))
         if f.services:
-            after["restarts"] = ",".join(f.services) + " (if the bytes change)"
+            when = "a managed key changes" if f.merge_yaml else "the bytes change"
+            after["restarts"] = ",".join(f.services) + f" (if {when})"
         actions.append(
             Action(
                 id=f"{stack.name}:guest:file:{f.path}",

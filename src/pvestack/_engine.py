@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pvestack._client import CallHook, ClientSettings, PveClient
-from pvestack._commands import Step, cmd
+from pvestack._commands import Step
 from pvestack._config import StackFile
 from pvestack._desired import build_desired, check_apps, token_secret
 from pvestack._errors import (
@@ -27,21 +27,19 @@ from pvestack._errors import (
     PvestackError,
     ReplacementRequired,
 )
+from pvestack._facts import ShellFactReader
 from pvestack._model import (
     Action,
     Actor,
     ApiCall,
     Change,
     DesiredState,
-    HostPathFact,
     ObservedState,
     Plan,
-    StackSpec,
 )
 from pvestack._observe import FactReader, observe
 from pvestack._plan import plan as make_plan_from
 from pvestack._plan import split_props
-from pvestack._steps.guest import guest_fact_commands, parse_guest_facts
 from pvestack.executors._api import ApiExecutor
 from pvestack.executors._base import RootTransport
 from pvestack.executors._ssh import open_transport as open_ssh_transport
@@ -106,28 +104,8 @@ def open_root_transport(cfg: StackFile) -> RootAccess:
     return RootAccess(transport, "", via)
 
 
-class TransportFactReader:
-    """Facts for observe, read as root through the transport (read-only commands)."""
-
-    def __init__(self, transport: RootTransport) -> None:
-        self.transport = transport
-
-    def host_paths(self, paths: Sequence[str]) -> tuple[HostPathFact, ...]:
-        out = []
-        for p in paths:
-            r = self.transport.capture(cmd("stat", "-c", "%u %g %a", "--", p))
-            if r.returncode != 0:
-                out.append(HostPathFact(path=p, exists=False))
-                continue
-            uid, gid, mode = r.stdout.split()
-            out.append(HostPathFact(path=p, exists=True, uid=int(uid), gid=int(gid), mode=mode))
-        return tuple(out)
-
-    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
-        """The recipe's read-only fact commands (``pvestack._steps.guest``), run as root."""
-        commands = guest_fact_commands(stack, vmid)
-        outputs = [self.transport.capture(c).stdout for c in commands]
-        return parse_guest_facts(outputs)
+#: facts for observe, read as root through the transport (``pvestack._facts``)
+TransportFactReader = ShellFactReader
 
 
 # ---------------------------------------------------------------- plan

@@ -148,3 +148,7 @@ class WaitTimeout(PvestackError):
 
 class SecretError(PvestackError):
     pass
+
+
+class GuestLockedError(PvestackError):
+    """A guest's config holds a lock (``lock: create``, ...) and no task of it runs."""

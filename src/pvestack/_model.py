@@ -258,6 +258,32 @@ class HostPathFact:
 
 
 @dataclass(frozen=True)
+class GuestFile:
+    """A file in the guest as the guest fact reader saw it."""
+
+    sha256: str
+    mode: str  # octal, no leading zeros (``stat -c %a``)
+    owner: str  # uid:gid
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """What the guest fact reader (``pvestack._facts``) saw inside a running guest.
+
+    The defaults are the one place that says what "not observed" means: ``observed``
+    False, ``unknown`` states, and no entries (a missing entry reads as not observed)."""
+
+    observed: bool = False
+    docker: str = "unknown"  # ok | missing | unknown
+    compose: str = "unknown"  # plugin | v1 | missing | unknown
+    images: Mapping[str, bool] = field(default_factory=frozen_map)  # ref -> present
+    files: Mapping[str, GuestFile | None] = field(default_factory=frozen_map)  # None: absent
+    # merged .env files: sha256 of the managed KEY=value lines (sorted), None: absent
+    managed: Mapping[str, str | None] = field(default_factory=frozen_map)
+    services: Mapping[str, str] = field(default_factory=frozen_map)  # compose service -> state
+
+
+@dataclass(frozen=True)
 class ObservedStack:
     name: str
     vmid: int | None  # the vmid this stack resolves to (existing, requested or next free)
@@ -266,7 +292,7 @@ class ObservedStack:
     foreign: GuestSummary | None = None  # a guest at the vmid without our mark
     host_paths: tuple[HostPathFact, ...] = ()  # only when root can read the node
     guest_files: Mapping[str, str | None] = field(default_factory=frozen_map)  # path -> sha256
-    guest_facts: Mapping[str, str] = field(default_factory=frozen_map)
+    guest_facts: GuestFacts = field(default_factory=GuestFacts)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pvestack._config import StackFile, parse_config
 from pvestack._engine import connect
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_FILE = ROOT / "src" / "pvestack" / "data" / "apidata-subset.json"
+SCHEMA_FILE = ROOT / "src" / "pvelab" / "data" / "apidata-subset.json"
 EXAMPLE = ROOT / "examples" / "hermes.toml"
 TOKEN_ID = "pvestack@pve!deploy"
 TOKEN_SECRET = "0f6c7a43-1d2e-4c55-9a9e-contract-test"

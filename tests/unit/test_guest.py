@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 
+from pvestack import _facts
 from pvestack._commands import Command, Payload, Secret, render_script, render_shell
 from pvestack._model import (
     AppFile,
     AppSpec,
     ContainerSpec,
+    GuestFacts,
+    HostPathFact,
     ObservedContainer,
     ObservedStack,
     StackSpec,
@@ -60,9 +63,9 @@ def hermes_spec(model: str = "mock-gpt", *, uid: int = 10000, **over: Any) -> St
     return StackSpec("hermes", ct, app)
 
 
-def running(facts: dict[str, str] | None = None) -> ObservedStack:
+def running(facts: GuestFacts | None = None) -> ObservedStack:
     ct = ObservedContainer(VMID, "pve", "running", {}, "hermes")
-    return ObservedStack("hermes", VMID, ct, True, guest_facts=dict(facts or {}))
+    return ObservedStack("hermes", VMID, ct, True, guest_facts=facts or GuestFacts())
 
 
 def all_commands(actions: Any) -> list[Command]:
@@ -168,20 +171,32 @@ def test_facts_program_agrees_with_the_planner(tmp_path: Path) -> None:
     env = next(Path(f.path) for f in moved if f.merge_env)
     env.write_text("EXTRA=1\n" + env.read_text())  # the app or the operator added a key
 
-    (c,) = guest.guest_fact_commands(spec, VMID)
-    argv = list(c.argv[c.argv.index("--") + 1 :])
-    r = sh(argv[2], *argv[4:])
+    facts_set = _facts.guest_fact_set(spec)
+    # the one exec: host paths on the node, then pct exec (here: a pct that runs it locally)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pct").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')
+    (bindir / "pct").chmod(0o755)
+    hostdir = tmp_path / "host"
+    hostdir.mkdir(mode=0o750)
+    c = _facts.facts_command([str(hostdir), str(tmp_path / "nope")], VMID, facts_set)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = subprocess.run(c.argv, capture_output=True, text=True, check=False, env=env)
     assert r.returncode == 0, r.stderr
-    facts = guest.parse_guest_facts([r.stdout])
-    assert facts["docker"] in ("ok", "missing")
-    assert facts["image:pvestack-lab/hermes-agent:0.19.0"] in ("present", "missing")
-    facts.update(
-        {
-            "docker": "ok",
-            "compose": "v1",
-            "service:hermes": "running",
-            "image:pvestack-lab/hermes-agent:0.19.0": "present",
-        }
+    frames = _facts.split_frames(r.stdout)
+    assert _facts.HostPath(str(hostdir)).parse(frames[0]) == HostPathFact(
+        str(hostdir), True, UID, GID, "750"
+    )
+    assert not _facts.HostPath("x").parse(frames[1]).exists
+    facts = _facts.parse_guest(facts_set, frames, 2)
+    assert facts.observed and facts.docker in ("ok", "missing")
+    assert "pvestack-lab/hermes-agent:0.19.0" in facts.images
+    facts = replace(
+        facts,
+        docker="ok",
+        compose="v1",
+        services={"hermes": "running"},
+        images={"pvestack-lab/hermes-agent:0.19.0": True},
     )
     assert guest.guest_actions(spec, running(facts), VMID) == ()
 
@@ -313,9 +328,10 @@ PROGRAMS = {
         "WRITE_FILE",
         "COMPOSE_UP",
         "DOCKER_LOAD",
-        "FACTS",
     )
 }
+PROGRAMS["NODE_FACTS"] = _facts.NODE_FACTS
+PROGRAMS["GUEST_FACTS"] = _facts.GUEST_FACTS
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

@@ -29,9 +29,8 @@ Secrets in console mode: a printed script never holds a secret (``render_script`
 refuses). The file steps carrying secrets (``.env``, LiteLLM's config) need the SSH
 root transport; in console mode they stay pending, the rest of the script is printed.
 
-Observe: ``guest_fact_commands`` gives one read-only command whose output
-``parse_guest_facts`` turns into ``guest_facts`` (docker, compose, images, file hashes
-with ``.env`` compared on the keys the stack manages, compose service states).
+Observe: ``pvestack._facts`` reads the guest's facts (one exec per guest) into a typed
+``GuestFacts``; ``guest_actions`` plans from it.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ import posixpath
 from collections.abc import Sequence
 
 from pvestack._commands import Command, Payload, Secret, Step, cmd
+from pvestack._facts import managed_lines, project_name
 from pvestack._model import Action, Actor, AppFile, AppSpec, Change, ObservedStack, StackSpec
 
 DOCKER_KEY_URL = "https://download.docker.com/linux/debian/gpg"
@@ -190,57 +190,6 @@ docker load -i "$1"
 rm -f "$1"
 """
 
-# Observe (read-only). Args: project name, then groups "--images REF...", "--files PATH...",
-# "--managed PATH KEY... --". Prints "key<TAB>value" lines.
-FACTS = """\
-project=$1
-shift
-if docker info >/dev/null 2>&1; then printf 'docker\\tok\\n'; else printf 'docker\\tmissing\\n'; fi
-if docker compose version >/dev/null 2>&1; then printf 'compose\\tplugin\\n'
-elif docker-compose version >/dev/null 2>&1; then printf 'compose\\tv1\\n'
-else printf 'compose\\tmissing\\n'; fi
-mode=
-while [ "$#" -gt 0 ]; do
-  case "$1" in
-    --images|--files) mode=$1; shift; continue ;;
-    --managed)
-      f=$2
-      shift 2
-      keys=
-      while [ "$#" -gt 0 ] && [ "$1" != -- ]; do keys="$keys $1"; shift; done
-      shift
-      if [ -f "$f" ]; then
-        h=$(awk -v keys="$keys" 'BEGIN { n = split(keys, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
-              $0 !~ /^[ \\t]*#/ && index($0, "=") > 0 { k = substr($0, 1, index($0, "=") - 1); if ((k in want) && !(k in seen)) { seen[k] = 1; print } }' "$f" \\
-            | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
-        printf 'managed:%s\\t%s\\n' "$f" "$h"
-      else
-        printf 'managed:%s\\t-\\n' "$f"
-      fi
-      continue ;;
-  esac
-  case "$mode" in
-    --images)
-      if docker image inspect "$1" >/dev/null 2>&1; then v=present; else v=missing; fi
-      printf 'image:%s\\t%s\\n' "$1" "$v" ;;
-    --files)
-      if [ -f "$1" ]; then
-        printf 'file:%s\\t%s %s\\n' "$1" "$(sha256sum <"$1" | cut -d' ' -f1)" "$(stat -c '%a %u:%g' "$1")"
-      else
-        printf 'file:%s\\t-\\n' "$1"
-      fi ;;
-  esac
-  shift
-done
-if docker info >/dev/null 2>&1; then
-  docker ps -a --filter "label=com.docker.compose.project=$project" \\
-    --format '{{.Label "com.docker.compose.service"}} {{.State}}' 2>/dev/null \\
-    | while read -r s st; do printf 'service:%s\\t%s\\n' "$s" "$st"; done
-fi
-exit 0
-"""
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -258,31 +207,10 @@ def content_sha256(f: AppFile) -> str:
     return hashlib.sha256(_reveal(f.content)).hexdigest()
 
 
-def managed_lines(f: AppFile) -> tuple[str, ...]:
-    """The ``KEY=value`` lines of a merged ``.env`` (revealed: never shown)."""
-    text = _reveal(f.content).decode()
-    return tuple(ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#"))
-
-
-def managed_keys(f: AppFile) -> tuple[str, ...]:
-    keys: list[str] = []
-    for p in "".join(p if isinstance(p, str) else "" for p in f.content).splitlines():
-        if "=" in p and not p.lstrip().startswith("#"):
-            keys.append(p.split("=", 1)[0])
-    return tuple(keys)
-
-
 def managed_sha256(f: AppFile) -> str:
-    """What ``FACTS`` prints for a merged file whose managed keys are as desired."""
+    """What the ``managed`` fact prints for a merged file whose managed keys are as desired."""
     lines = sorted(managed_lines(f), key=lambda s: s.encode())
     return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
-
-
-def project_name(stack: StackSpec) -> str:
-    app = stack.app
-    if app is not None and app.verify.get("project"):
-        return app.verify["project"]
-    return stack.name.lower()
 
 
 def marks_dir(app: AppSpec) -> str:
@@ -362,52 +290,23 @@ def up_step(stack: StackSpec, app: AppSpec, vmid: int) -> Step:
     )
 
 
-# ---------------------------------------------------------------- observe
-
-
-def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
-    """Read-only commands (run as root on the node) whose output ``parse_guest_facts`` reads."""
-    app = stack.app
-    if app is None:
-        return ()
-    args: list[str] = [project_name(stack), "--images", *(i.ref for i in app.images)]
-    args += ["--files", *(f.path for f in app.files if not f.merge_env)]
-    for f in app.files:
-        if f.merge_env:
-            args += ["--managed", f.path, *managed_keys(f), "--"]
-    return (pct_sh(vmid, FACTS, *args),)
-
-
-def parse_guest_facts(outputs: Sequence[str]) -> dict[str, str]:
-    """``key<TAB>value`` lines -> facts (``docker``, ``compose``, ``image:REF``,
-    ``file:PATH`` = ``"<sha256> <mode> <uid>:<gid>"`` or ``-``, ``managed:PATH``,
-    ``service:NAME``)."""
-    facts: dict[str, str] = {}
-    for out in outputs:
-        for line in out.splitlines():
-            key, sep, value = line.partition("\t")
-            if sep and key:
-                facts[key] = value.strip()
-    return facts
-
-
 # ---------------------------------------------------------------- plan
 
 
 def _file_state(f: AppFile, obs: ObservedStack) -> tuple[bool | None, str]:
     """(in sync?, what is there). None: not observed."""
     facts = obs.guest_facts
-    if f.merge_env and f"managed:{f.path}" in facts:
-        have = facts[f"managed:{f.path}"]
-        if have == "-":
+    if f.merge_env and f.path in facts.managed:
+        sha = facts.managed[f.path]
+        if sha is None:
             return False, "absent"
-        return have == managed_sha256(f), "present"
-    if f"file:{f.path}" in facts:
-        have = facts[f"file:{f.path}"]
-        if have == "-":
+        return sha == managed_sha256(f), "present"
+    if f.path in facts.files:
+        have = facts.files[f.path]
+        if have is None:
             return False, "absent"
-        want = f"{content_sha256(f)} {_mode(f.mode)} {f.uid}:{f.gid}"
-        return have == want, "present"
+        want = (content_sha256(f), _mode(f.mode), f"{f.uid}:{f.gid}")
+        return (have.sha256, have.mode, have.owner) == want, "present"
     if f.path in obs.guest_files:
         sha = obs.guest_files[f.path]
         if sha is None:
@@ -428,23 +327,23 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
         return ()
     facts = observed.guest_facts
     running = observed.container is not None and observed.container.status == "running"
-    known = running and bool(facts or observed.guest_files)
+    known = running and (facts.observed or bool(observed.guest_files))
     target = f"lxc/{vmid} on {stack.container.node}"
     pre = f"running:{stack.name}"
     actions: list[Action] = []
 
-    docker_ok = facts.get("docker") == "ok" and facts.get("compose", "missing") != "missing"
+    docker_ok = facts.docker == "ok" and facts.compose in ("plugin", "v1")
     if not docker_ok:
         actions.append(
             Action(
                 id=f"{stack.name}:guest:docker",
-                change=Change.CREATE if facts.get("docker") == "missing" else Change.RUN,
+                change=Change.CREATE if facts.docker == "missing" else Change.RUN,
                 target=target,
                 actor=Actor.GUEST,
                 reason=f"Docker engine and compose ({app.docker_source})"
-                + ("" if facts else ": not observed, the step checks first"),
+                + ("" if facts.observed else ": not observed, the step checks first"),
                 stack=stack.name,
-                before={"docker": facts.get("docker", "unknown")},
+                before={"docker": facts.docker},
                 after={"docker": "ok", "source": app.docker_source},
                 steps=docker_steps(app, vmid),
                 precondition=pre,
@@ -489,9 +388,10 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
 
     missing_images = False
     for img in app.images:
-        state = facts.get(f"image:{img.ref}") if known else None
-        if state == "present":
+        present = facts.images.get(img.ref) if known else None
+        if present:
             continue
+        state = "missing" if present is False else None
         missing_images = True
         actions.append(
             Action(
@@ -508,9 +408,9 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
             )
         )
 
-    services_ok = known and all(facts.get(f"service:{s}") == "running" for s in app.services)
+    services_ok = known and all(facts.services.get(s) == "running" for s in app.services)
     if changed_files or missing_images or not docker_ok or not services_ok:
-        before = {s: facts.get(f"service:{s}", "unknown") for s in app.services}
+        before = {s: facts.services.get(s, "unknown") for s in app.services}
         actions.append(
             Action(
                 id=f"{stack.name}:guest:up",

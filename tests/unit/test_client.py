@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from proxmoxer import ResourceException
 
@@ -128,8 +131,6 @@ def test_unreachable_api_is_transport_error_and_reads_retry() -> None:
 
 
 def test_a_hanging_read_is_retried_within_a_bounded_total_wait() -> None:
-    import socket
-    import time
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

@@ -195,6 +195,13 @@ class Node:
         return Outcome(p.returncode == 0, f"plan after re-run exit {p.returncode}: {tail(p)}")
 
 
+def _says_what_failed(out: str) -> bool:
+    """An ``error:`` line, or a failed action (``✗ id: message``) naming the call."""
+    if "error" in out.lower():
+        return True
+    return any(ln.lstrip().startswith("✗ ") and ": " in ln for ln in out.splitlines())
+
+
 def tail(r: subprocess.CompletedProcess[str], n: int = 6) -> str:
     return " | ".join((r.stdout + r.stderr).strip().splitlines()[-n:])
 
@@ -252,7 +259,7 @@ def run_fault(node: Node, call: Call, kind: str) -> Outcome:
         return Outcome(False, f"traceback: {tail(r)}")
     if r.returncode not in (0, 1):
         return Outcome(False, f"exit {r.returncode}: {tail(r)}")
-    if r.returncode == 1 and "error" not in out.lower():
+    if r.returncode == 1 and not _says_what_failed(out):
         return Outcome(False, f"exit 1 without an error line: {tail(r)}")
     if kind == "hang":  # the held request still lands on the node after the hang
         time.sleep(max(0.0, hang - (time.monotonic() - t0)) + 1.0)
@@ -283,3 +290,17 @@ def run_kill(node: Node, call: Call) -> Outcome:
     if node.ct_state() == "unmarked":
         return Outcome(False, f"an unmarked CT is left at {VMID} after the kill")
     return node.converged(call.phase)
+
+
+def run_task_fault(node: Node, task: str) -> Outcome:
+    """The create (or start) task itself fails: nothing unmarked is left, a re-run converges."""
+    node.prepare("create")
+    node.fault({"task": task, "message": f"lab: injected {task} failure"})
+    r = node.cli(*node.command("create"))
+    node.clear()
+    if r.returncode != 1 or f"injected {task} failure" not in r.stdout + r.stderr:
+        return Outcome(False, f"expected exit 1 naming the task's error: {tail(r)}")
+    node.settle()
+    if node.ct_state() == "unmarked":
+        return Outcome(False, f"an unmarked CT is left at {VMID} after the failed {task}")
+    return node.converged("create")

@@ -11,15 +11,15 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from faultkit import Call, Node, Outcome, discover, run_fault, run_kill
+from faultkit import Call, Node, Outcome, discover, run_fault, run_kill, run_task_fault
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
 STRESS = os.environ.get("PVESTACK_STRESS") == "1"
-SAMPLE_FAULTS = 4  # scenarios of the fault matrix in make test
-SAMPLE_KILLS = 3
+SAMPLE_FAULTS = 3  # scenarios of the fault matrix in make test
+SAMPLE_KILLS = 2
 
 
 def sample(items: list[tuple[Call, str]], n: int) -> list[tuple[Call, str]]:
@@ -72,6 +72,13 @@ def test_kill_points(node: Node, calls: list[Call]) -> None:
     chosen = sample(points, SAMPLE_KILLS)
     results = [(f"SIGKILL during {c}", run_kill(node, c)) for c, _ in chosen]
     report(f"kill points ({'all' if STRESS else 'sample'} of {len(points)})", results)
+    assert all(o.ok for _, o in results), [n for n, o in results if not o.ok]
+
+
+def test_failed_tasks_leave_no_unmarked_ct(node: Node, calls: list[Call]) -> None:
+    tasks = ("vzcreate", "vzstart") if STRESS else ("vzcreate",)
+    results = [(f"{t} task fails", run_task_fault(node, t)) for t in tasks]
+    report("failed tasks", results)
     assert all(o.ok for _, o in results), [n for n, o in results if not o.ok]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pvestack._client import PveClient
-from pvestack._errors import OwnershipError, PveError, PveParamError
+from pvestack._errors import OwnershipError, PveNotFoundError, PveParamError
 from pvestack._model import Action, Actor
 from pvestack._observe import mark_owner
 
@@ -69,7 +69,7 @@ class ApiExecutor:
     def _owner(self, node: str, vmid: int) -> str | None:
         try:
             cfg = self.client.get(f"/nodes/{node}/lxc/{vmid}/config")
-        except PveError:
+        except PveNotFoundError:  # gone; any other error is reported as itself
             return None
         return mark_owner({str(k): str(v) for k, v in (cfg or {}).items()})
 

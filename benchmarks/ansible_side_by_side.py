@@ -4,8 +4,8 @@ each (after one warm-up run each).
 
 fakepve (on loopback) is seeded with 1,000 guests and one CT (vmid 118, made by
 pvestack's own apply of ``CT_STACK``: the CT alone, no app, no root steps), which both
-tools are then asked to ensure, with the same settings. Ansible comes from PyPI (the ``ansible`` package carries the
-collection) into a venv of its own under the benchmark's cache dir
+tools are then asked to ensure, with the same settings. Ansible comes from PyPI (the
+``ansible`` package carries the collection) into a venv of its own under the benchmark's cache dir
 (``$PVESTACK_BENCH_CACHE``, default ``~/.cache/pvestack-bench``): it is never a
 dependency of pvestack. No ``ansible`` on the index: the comparison is skipped, said so.
 

@@ -15,9 +15,11 @@ be built for a file with apps (``scripts/build-lab-images.sh``).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,18 +70,32 @@ def with_test_lab(stack: str, runs: int) -> int:
     sys.path.insert(0, str(ROOT / "tests" / "lab"))
     from labkit import host_tmpdir, make_lab  # noqa: PLC0415
 
+    images = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
     lab = make_lab(host_tmpdir("pvestack-bench-noop-"), 8)
     try:
         lab.up(install=False)
-        env = {**os.environ, **lab.env()}
-        env.setdefault("LITELLM_MASTER_KEY", "sk-" + secrets.token_hex(16))
+        (lab.dir / "images").mkdir(exist_ok=True)
+        for t in images.glob("*.tar"):  # the file's image_tarball paths point here
+            (lab.dir / "images" / t.name).symlink_to(t)
+        hosts = list(ipaddress.ip_network(lab.settings.subnet).hosts())
+        env = {
+            **os.environ,
+            **lab.env(),
+            "LITELLM_MASTER_KEY": "sk-" + secrets.token_hex(16),
+            "PVESTACK_LAB_GATEWAY_CIDR": f"{hosts[-5]}/{lab.settings.subnet.split('/')[1]}",
+            "PVESTACK_LAB_GATEWAY_IP": str(hosts[-5]),
+            "PVESTACK_LAB_ROUTER": str(hosts[0]),
+        }
+        t0 = time.perf_counter()
         _, r = run(env, "apply", "-y", "--no-verify", "-c", stack)
         if r.returncode != 0:
             print(f"first apply failed ({r.returncode}): {(r.stdout + r.stderr)[-800:]}")
             return 1
+        print(f"(first apply from nothing: {time.perf_counter() - t0:.0f} s)")
         return measure(env, stack, runs)
     finally:
         lab.down(purge=True)
+        shutil.rmtree(lab.dir, ignore_errors=True)
 
 
 def main() -> int:

@@ -199,6 +199,8 @@ def _says_what_failed(out: str) -> bool:
     """An ``error:`` line, or a failed action (``✗ id: message``) naming the call."""
     if "error" in out.lower():
         return True
+    if any(ln.startswith("failed ") and ": " in ln for ln in out.splitlines()):
+        return True  # destroy's "failed lxc/N on NODE (name): what"
     return any(ln.lstrip().startswith("✗ ") and ": " in ln for ln in out.splitlines())
 
 

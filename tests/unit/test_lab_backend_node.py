@@ -275,6 +275,7 @@ def test_running_container_keeps_non_hotplug_changes_pending(
         "pending": "keyctl=1,nesting=1",
     }
     assert pending["nameserver"]["delete"] == 1
+    assert pending["digest"]["value"] == shown["digest"]  # as PVE's load_config adds it
     node.set_config(100, {}, revert=["nameserver"])
     assert node.get_config(100)["nameserver"] == "10.0.0.1"
     node.wait(node.stop(100), 10)

@@ -429,8 +429,10 @@ class Node:
         return out
 
     def pending(self, vmid: int) -> list[dict[str, Any]]:
-        c = self.load(vmid)
-        out = []
+        """PVE's ``config_with_pending_array``: every key of the config (``digest`` too,
+        as ``load_config`` adds it), its pending value or delete, the pending-only keys."""
+        c, text = self._read(vmid)
+        out: list[dict[str, Any]] = [{"key": "digest", "value": confmod.digest(text)}]
         keys = set(c.main.options) | set(c.pending.options) - {"delete"}
         deleted = set(split_list(c.pending.options.get("delete", "")))
         for k in sorted(keys):

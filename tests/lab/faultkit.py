@@ -272,13 +272,17 @@ def run_fault(node: Node, call: Call, kind: str) -> Outcome:
 
 
 def run_kill(node: Node, call: Call) -> Outcome:
-    """SIGKILL the CLI while ``call`` is held by the node, then one re-run converges."""
+    """SIGKILL the CLI while ``call`` is held by the node, then re-run AT ONCE: a create
+    task may still run (the CT locked ``create``); the re-run must wait for it, not call
+    the CT foreign. A held write still lands when its hang ends: the re-run starts then."""
+    hang = 6.0
     node.prepare(call.phase)
-    node.fault({"method": call.method, "path": call.path, "times": 1, "hang": 6.0, "status": 0})
+    node.fault({"method": call.method, "path": call.path, "times": 1, "hang": hang, "status": 0})
     proc = node.popen(*node.command(call.phase))
     deadline = time.monotonic() + 120
     while node.faults() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
+    held = time.monotonic()
     if proc.poll() is not None:
         node.clear()
         return Outcome(True, "the command ended before reaching the call (not a kill point)")
@@ -287,11 +291,13 @@ def run_kill(node: Node, call: Call) -> Outcome:
     proc.wait(30)
     if proc.stdout is not None:
         proc.stdout.close()
-    time.sleep(6.5)
+    if call.method != "GET":
+        time.sleep(max(0.0, hang - (time.monotonic() - held)) + 0.5)
+    outcome = node.converged(call.phase)
     node.settle()
     if node.ct_state() == "unmarked":
         return Outcome(False, f"an unmarked CT is left at {VMID} after the kill")
-    return node.converged(call.phase)
+    return outcome
 
 
 def run_task_fault(node: Node, task: str) -> Outcome:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -30,12 +29,15 @@ def sample(items: list[tuple[Call, str]], n: int) -> list[tuple[Call, str]]:
     return [items[int(i * step)] for i in range(n)]
 
 
-def report(title: str, results: list[tuple[str, Outcome]]) -> None:
+def report(
+    capsys: pytest.CaptureFixture[str], title: str, results: list[tuple[str, Outcome]]
+) -> None:
+    """The counts on the terminal, whatever pytest captures."""
     passed = sum(1 for _, o in results if o.ok)
     lines = [f"{title}: tried {len(results)}, passed {passed}"]
     lines += [f"  {'ok  ' if o.ok else 'FAIL'} {name}: {o.why}" for name, o in results]
-    sys.__stdout__.write("\n" + "\n".join(lines) + "\n")
-    sys.__stdout__.flush()
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
 
 
 @pytest.fixture(scope="module")
@@ -54,31 +56,33 @@ def calls(node: Node, env: dict[str, str]) -> Iterator[list[Call]]:
         node.cli("destroy", "-y")
 
 
-def test_fault_matrix(node: Node, calls: list[Call]) -> None:
+def test_fault_matrix(node: Node, calls: list[Call], capsys: pytest.CaptureFixture[str]) -> None:
     matrix = [(c, kind) for c in calls for kind in ("500", "hang")]
     chosen = sample(matrix, SAMPLE_FAULTS)
     results: list[tuple[str, Outcome]] = []
     for call, kind in chosen:
         results.append((f"{kind} on {call}", run_fault(node, call, kind)))
-    report(f"fault matrix ({'all' if STRESS else 'sample'} of {len(matrix)})", results)
+    report(capsys, f"fault matrix ({'all' if STRESS else 'sample'} of {len(matrix)})", results)
     assert all(o.ok for _, o in results), [n for n, o in results if not o.ok]
 
 
-def test_kill_points(node: Node, calls: list[Call]) -> None:
+def test_kill_points(node: Node, calls: list[Call], capsys: pytest.CaptureFixture[str]) -> None:
     # a kill point is a write (a step boundary: the call that starts the next step) or the
     # poll of a running task (inside the create task)
     points = [(c, "kill") for c in calls if c.method != "GET" or "/tasks/" in c.path]
     points = [p for p in points if p[0].phase != "noop"]
     chosen = sample(points, SAMPLE_KILLS)
     results = [(f"SIGKILL during {c}", run_kill(node, c)) for c, _ in chosen]
-    report(f"kill points ({'all' if STRESS else 'sample'} of {len(points)})", results)
+    report(capsys, f"kill points ({'all' if STRESS else 'sample'} of {len(points)})", results)
     assert all(o.ok for _, o in results), [n for n, o in results if not o.ok]
 
 
-def test_failed_tasks_leave_no_unmarked_ct(node: Node, calls: list[Call]) -> None:
+def test_failed_tasks_leave_no_unmarked_ct(
+    node: Node, calls: list[Call], capsys: pytest.CaptureFixture[str]
+) -> None:
     tasks = ("vzcreate", "vzstart") if STRESS else ("vzcreate",)
     results = [(f"{t} task fails", run_task_fault(node, t)) for t in tasks]
-    report("failed tasks", results)
+    report(capsys, "failed tasks", results)
     assert all(o.ok for _, o in results), [n for n, o in results if not o.ok]
 
 

@@ -58,11 +58,14 @@ def measure(env: dict[str, str], stack: str, runs: int) -> int:
             print(f"apply failed ({r.returncode}): {(r.stdout + r.stderr)[-600:]}")
             return 1
         applies.append(wall)
+    startup = statistics.median(run(env, "--help")[0] for _ in range(3))
     p, a = statistics.median(plans), statistics.median(applies)
     print(f"converged {stack} on the lab ({runs} plans, {len(applies)} applies):")
     print(f"  plan   median {p:.2f} s (max {max(plans):.2f}; target <= {PLAN_TARGET:g} s), "
           f"{max(calls)} API calls")  # fmt: skip
     print(f"  apply  median {a:.2f} s (max {max(applies):.2f}; target <= {APPLY_TARGET:g} s)")
+    print(f"  (start-up, pvestack --help: {startup:.2f} s; plan without it {p - startup:.2f} s, "
+          f"apply without it {a - startup:.2f} s)")  # fmt: skip
     return 0
 
 

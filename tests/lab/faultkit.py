@@ -225,6 +225,7 @@ def discover(env: Mapping[str, str], stack_file: Path, node: Node) -> list[Call]
     try:
         cfg = parse_config(stack_file.read_text(), str(stack_file), env=dict(env))
         client = connect(cfg, on_call=record)
+        node.prepare("destroy")  # once through: the template is on the node from now on
         node.prepare("create")
         none = RootAccess(None, "faults: token part only")
         apply(plan(cfg, client).plan, client, root=none)
@@ -285,7 +286,7 @@ def run_kill(node: Node, call: Call) -> Outcome:
     held = time.monotonic()
     if proc.poll() is not None:
         node.clear()
-        return Outcome(True, "the command ended before reaching the call (not a kill point)")
+        return Outcome(False, "the command ended before reaching the call")
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)  # our own child, by its pid
     proc.wait(30)

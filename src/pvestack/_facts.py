@@ -52,7 +52,7 @@ while [ "$#" -ge 3 ]; do
       if docker info >/dev/null 2>&1; then echo ok; else echo missing; fi ;;
     compose)
       if docker compose version >/dev/null 2>&1; then echo plugin
-      elif docker-compose version >/dev/null 2>&1; then echo v1
+      elif command -v docker-compose >/dev/null 2>&1; then echo v1  # not run: a slow Python start
       else echo missing; fi ;;
     image)
       if docker image inspect "$a" >/dev/null 2>&1; then echo present; else echo missing; fi ;;

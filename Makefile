@@ -1,6 +1,8 @@
 # pvestack: the two commands of the README, for a fresh Debian machine, as root.
 #   make demo   set everything up, bring up the lab, apply + verify the example Hermes stack
-#   make test   set everything up and run the whole test suite
+#   make test   set everything up and run the whole test suite (a sample of the fault/kill matrix)
+#   make stress the whole fault matrix and kill points on a test lab (root, minutes)
+#   make bench  the benchmarks (calls, times, Ansible side by side, lab timings)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ PVESTACK := $(VENV)/bin/pvestack
 APT_PACKAGES := lxc lxc-templates busybox-static debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
 	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose tmux
 
-.PHONY: setup apt venv templates demo test lint unit contract labtest bench clean
+.PHONY: setup apt venv templates demo test lint unit contract labtest bench stress clean
 
 setup: apt venv templates
 
@@ -51,10 +53,17 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/plan_calls.py
+	$(PY) benchmarks/ansible_side_by_side.py
 	@if [ "$$(id -u)" = 0 ]; then $(PVESTACK) lab up >/dev/null && $(PY) benchmarks/lab_create.py; \
 	else echo "not root: skipping the lab benchmark"; fi
 	@if [ "$$(id -u)" = 0 ]; then eval "$$($(PVESTACK) lab env)" && scripts/build-lab-images.sh >/dev/null \
-		&& $(PY) benchmarks/e2e.py; else echo "not root: skipping the end-to-end benchmark"; fi
+		&& $(PY) benchmarks/e2e.py && $(PY) benchmarks/noop_lab.py; \
+	else echo "not root: skipping the end-to-end benchmark"; fi
+
+# The whole fault matrix (a 500 and a hang on every API call of plan/apply/destroy) and
+# every kill point, on a test lab of its own (PVESTACK_LABTEST_SLOT shifts its ports).
+stress: setup
+	PVESTACK_STRESS=1 $(VENV)/bin/pytest -m lab tests/lab/test_faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

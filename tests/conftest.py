@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pvestack._config import StackFile, parse_config
-from pvestack._desired import build_desired
+from examplekit import EXAMPLE, ROOT, desired_from, example_text, load_example
+from pvestack._config import StackFile
 from pvestack._model import DesiredState
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "hermes.toml"
 SCHEMA_FILE = ROOT / "src" / "pvelab" / "data" / "apidata-subset.json"
-
-
-def example_text() -> str:
-    return EXAMPLE.read_text()
-
-
-def load_example(text: str | None = None, **overrides: str) -> StackFile:
-    return parse_config(text or example_text(), str(EXAMPLE), env={}, overrides=overrides)
-
-
-def desired_from(text: str | None = None, **overrides: str) -> DesiredState:
-    return build_desired(load_example(text, **overrides), with_apps=False, env={})
+__all__ = ["EXAMPLE", "ROOT", "SCHEMA_FILE", "desired_from", "example_text", "load_example"]
 
 
 @pytest.fixture

@@ -8,7 +8,11 @@
 * UPIDs waited for: short-then-growing poll intervals, log tail on failure;
 * proxmoxer/requests errors translated once into ``pvestack._errors``, with
   PVE's message kept verbatim and a hint added;
-* reads retried with backoff on transport errors and 5xx gateway answers, writes never;
+* reads retried (at most ``read_retries`` = 3 times) with backoff on transport errors
+  (a hang: no answer within the timeout) and 5xx gateway answers, task polls on 500 too;
+  a read's TOTAL wait (attempts + pauses) is bounded by ``read_budget``, each attempt's
+  timeout shrunk to what is left; each retry is reported (``on_retry``: what, why, which
+  attempt); writes are never retried;
 * every call counted (``calls``) and reported to ``on_call`` (tests check the
   parameters against the API schema).
 """
@@ -36,6 +40,7 @@ from pvestack._errors import (
     PveNotFoundError,
     PveParamError,
     PvePermissionError,
+    PvestackError,
     PveTaskError,
     TlsError,
     TransportError,
@@ -49,6 +54,7 @@ Params = Mapping[str, str | int]
 CallHook = Callable[[str, str, Mapping[str, Any]], None]
 
 _READ_RETRY_STATUS = (502, 503, 504, 595, 596)
+_TASK_POLL = re.compile(r"^/?nodes/[^/]+/tasks/[^/]+/(status|log)$")
 
 
 @dataclass(frozen=True)
@@ -100,11 +106,15 @@ class PveClient:
         on_call: CallHook | None = None,
         sleep: Callable[[float], None] = time.sleep,
         read_retries: int = 3,
+        read_budget: float = 75.0,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_call = on_call
         self._sleep = sleep
-        self._read_retries = read_retries
+        self._read_retries = min(read_retries, 3)
+        self._read_budget = read_budget
+        self._on_retry = on_retry
         self.stats = _Stats()
         self.warnings: list[str] = []
         parts = urlsplit(settings.api_url)
@@ -159,28 +169,63 @@ class PveClient:
     def request(self, method: str, path: str, params: Params | None = None) -> Any:
         method = method.upper()
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        attempts = 1 + (self._read_retries if method == "GET" else 0)
+        read = method == "GET"
+        attempts = 1 + (self._read_retries if read else 0)
+        start = time.monotonic()
+        deadline = start + (self._read_budget if read else float("inf"))
         delay = 0.5
         for attempt in range(1, attempts + 1):
+            share = (deadline - time.monotonic()) / (attempts - attempt + 1)
+            timeout = min(self.settings.timeout, max(1.0, share))
             try:
-                return self._once(method, path, clean)
+                return self._once(method, path, clean, timeout)
             except (TransportError, PveError) as e:
-                retryable = isinstance(e, TransportError) or (
-                    isinstance(e, PveError) and e.status in _READ_RETRY_STATUS
-                )
-                if attempt >= attempts or not retryable or isinstance(e, TlsError):
+                if not self._retryable(e, path) or not read:
                     raise
-                log.info("GET %s failed (%s), retrying in %.1fs", path, e, delay)
+                left = deadline - time.monotonic() - delay
+                if attempt >= attempts or left < 1.0:
+                    if isinstance(e, TransportError):
+                        raise TransportError(
+                            f"GET {path}: gave up after {attempt} attempt(s) in "
+                            f"{time.monotonic() - start:.0f}s (at most {self._read_budget:.0f}s "
+                            f"per read): {e}",
+                            hint=e.hint,
+                        ) from None
+                    raise
+                self._report_retry(
+                    f"GET {path} failed ({_short(e)}); retrying in {delay:.1f}s "
+                    f"(retry {attempt} of {attempts - 1})"
+                )
                 self._sleep(delay)
                 delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(self, method: str, path: str, params: dict[str, str | int]) -> Any:
+    @staticmethod
+    def _retryable(e: PvestackError, path: str) -> bool:
+        if isinstance(e, TlsError):
+            return False
+        if isinstance(e, TransportError):
+            return True
+        if not isinstance(e, PveError) or isinstance(e, (PveAuthError, PvePermissionError)):
+            return False
+        if e.status in _READ_RETRY_STATUS:
+            return True
+        # a task poll is read-only and idempotent: a 500 there is worth another try
+        return e.status == 500 and bool(_TASK_POLL.match(path))
+
+    def _report_retry(self, message: str) -> None:
+        log.warning("%s", message)
+        if self._on_retry is not None:
+            self._on_retry(message)
+
+    def _once(self, method: str, path: str, params: dict[str, str | int], timeout: float) -> Any:
         self.stats.calls += 1
         self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
         if self._on_call is not None:
             self._on_call(method, path, dict(params))
         resource = self._api(path.strip("/"))
+        session: Any = self._api._store["session"]
+        session.auth.timeout = timeout  # this attempt's share of the read's budget
         try:
             with warnings.catch_warnings():
                 if self.settings.insecure:  # warned once, in self.warnings
@@ -195,6 +240,13 @@ class PveClient:
                 hint=f"check the pinned fingerprint of {_host_port(self.settings.api_url)} "
                 "(pvenode cert info on the node) or the CA file; "
                 "--insecure only for a throw-away test node",
+            ) from None
+        except requests.exceptions.Timeout as e:
+            raise TransportError(
+                f"no answer from the PVE API at {self.settings.api_url} within {timeout:.0f}s "
+                f"({method} {path}): {_short(e)}",
+                hint="the node may be overloaded; a write may still have happened: "
+                "re-run plan to see",
             ) from None
         except requests.exceptions.RequestException as e:
             raise TransportError(

@@ -174,6 +174,7 @@ class Step:
     description: str
     commands: tuple[Command, ...]
     guard: Command | None = None
+    timeout: float | None = None  # seconds per command; None: the transport's default
 
     @property
     def has_secret(self) -> bool:

@@ -186,3 +186,7 @@ class RollbackFailed(PvestackError):
 class CannotRun(PvestackError):
     """A check could not look (no transport, the container or address unreachable):
     verify reports it as ``unverified``, never as a pass."""
+
+
+class GuestLockedError(PvestackError):
+    """A guest's config holds a lock (``lock: create``, ...) and no task of it runs."""

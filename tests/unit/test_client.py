@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from proxmoxer import ResourceException
 
@@ -125,3 +128,53 @@ def test_unreachable_api_is_transport_error_and_reads_retry() -> None:
     with pytest.raises(TransportError):
         c.post("/nodes/n/lxc/1/status/start")
     assert sleeps == []  # writes are never retried
+
+
+def test_a_hanging_read_is_retried_within_a_bounded_total_wait() -> None:
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)  # connections queue, nobody ever answers: a hang
+    port = srv.getsockname()[1]
+    said: list[str] = []
+    c = PveClient(
+        settings(api_url=f"https://127.0.0.1:{port}", timeout=30.0),
+        read_budget=4.0,
+        on_retry=said.append,
+    )
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TransportError) as ei:
+            c.get("/cluster/resources", type="vm")
+    finally:
+        srv.close()
+    took = time.monotonic() - t0
+    assert took < 6.0  # bounded by the budget, not 4 x 30 s
+    assert "GET /cluster/resources: gave up after" in str(ei.value)
+    assert 1 <= len(said) <= 3 and all("GET /cluster/resources" in m for m in said)
+    assert "retry 1 of 3" in said[0]
+
+
+class _Flaky(PveClient):
+    """A client whose first answers are PVE 500s (what a busy pvedaemon gives)."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__(settings(), sleep=lambda _: None)
+        self.fails = fails
+
+    def _once(self, method: str, path: str, params: dict[str, str | int], timeout: float) -> object:
+        self.stats.calls += 1
+        if self.fails:
+            self.fails -= 1
+            raise PveError(500, "got timeout", method=method, path=path)
+        return {"status": "stopped", "exitstatus": "OK"}
+
+
+def test_task_polls_retry_on_500_other_reads_do_not() -> None:
+    c = _Flaky(2)
+    assert c.wait_task("UPID:pve:00000001:00000001:00000001:vzcreate:100:root@pam:") == "OK"
+    assert c.calls == 3
+    c = _Flaky(1)
+    with pytest.raises(PveError):
+        c.get("/nodes/pve/lxc/100/pending")
+    assert c.calls == 1

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_plan import CONVERGED, api_params, ids, observed
 
-from conftest import load_example
+from examplekit import load_example
 from pvestack._commands import Command, Step, cmd
 from pvestack._desired import build_desired
 from pvestack._engine import RootAccess, apply

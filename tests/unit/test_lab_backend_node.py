@@ -112,6 +112,16 @@ def test_create_of_a_missing_template_fails_in_the_task(node: Node, tmp_path: Pa
     assert not (tmp_path / "storage/local-lvm/images/101").exists()
 
 
+def test_injected_create_failure_removes_config_and_volumes(node: Node, tmp_path: Path) -> None:
+    """PVE's create_vm error path: destroy_disks + destroy_config, no ``lock: create`` left."""
+    node.fail_next_task("vzcreate", "injected")
+    upid = node.create({"vmid": 102, "ostemplate": OSTEMPLATE, "rootfs": "local-lvm:4"}, user=TOKEN)
+    assert error(node.wait, upid, 10) == (500, "injected")
+    assert not (tmp_path / "etc/pve/lxc/102.conf").exists()
+    assert not (tmp_path / "storage/local-lvm/images/102").exists()
+    create(node, 102)  # the vmid is free again
+
+
 def test_root_sets_what_a_token_may_not(node: Node) -> None:
     create(node)
     assert error(node.set_config, 100, {"features": "keyctl=1,nesting=1"}, user=TOKEN)[0] == 403
@@ -266,6 +276,7 @@ def test_running_container_keeps_non_hotplug_changes_pending(
         "pending": "keyctl=1,nesting=1",
     }
     assert pending["nameserver"]["delete"] == 1
+    assert pending["digest"]["value"] == shown["digest"]  # as PVE's load_config adds it
     node.set_config(100, {}, revert=["nameserver"])
     assert node.get_config(100)["nameserver"] == "10.0.0.1"
     node.wait(node.stop(100), 10)

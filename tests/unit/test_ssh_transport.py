@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -194,6 +195,43 @@ def test_output_streams_line_by_line(ssh: SshTransport) -> None:
     texts = [t for _, t in seen]
     assert texts[1:] == ["one", "two", "tail"]
     assert seen[1][0] < seen[2][0] - 0.5  # "one" arrived before the sleep ended
+
+
+def test_commands_have_time_limits_with_progress(sshd: Server) -> None:
+    t = SshTransport(sshd.settings(command_timeout=1.5, idle_timeout=None, progress_every=0.5))
+    try:
+        lines: list[str] = []
+        step = Step("slow", "a silent command", (cmd("sleep", "30"),))
+        t0 = time.monotonic()
+        with pytest.raises(TransportError) as ei:
+            t.run_step(step, on_output=lines.append)
+        assert time.monotonic() - t0 < 10
+        assert "still running after 1.5s (its time limit): sleep 30" in str(ei.value)
+        assert any(ln.startswith("… still running (") for ln in lines)
+        # a long step carries its own, longer limit
+        long = Step("long", "apt", (cmd("sh", "-c", "sleep 2; echo done"),), timeout=10)
+        assert t.run_step(long) is True
+    finally:
+        t.close()
+    t = SshTransport(sshd.settings(command_timeout=None, idle_timeout=1.0))
+    try:
+        with pytest.raises(TransportError) as ei:
+            t.capture(cmd("sh", "-c", "echo start; sleep 30"))
+        assert "no output and no exit for 1s" in str(ei.value)
+    finally:
+        t.close()
+
+
+def test_concurrent_captures_one_channel_each(ssh: SshTransport) -> None:
+
+    def one(i: int) -> str:
+        return ssh.capture(cmd("sh", "-c", f"sleep 0.5; echo {i}")).stdout
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outs = list(pool.map(one, range(6)))
+    assert outs == [f"{i}\n" for i in range(6)]
+    assert time.monotonic() - t0 < 2.5  # concurrent, not 6 x 0.5 s one after another
 
 
 def test_unknown_host_refused_then_accept_new(sshd: Server, tmp_path: Path) -> None:

@@ -220,11 +220,15 @@ class Node:
     def reset_faults(self) -> None:
         self._fail_next.clear()
 
-    def _task(self, ttype: str, vmid: int | str, who: Identity, body: Any) -> str:
+    def _task(
+        self, ttype: str, vmid: int | str, who: Identity, body: Any, on_fault: Any = None
+    ) -> str:
         fault = self._fail_next.pop(ttype, None)
         if fault is not None:
 
             def failing(log: TaskLog) -> None:
+                if on_fault is not None:
+                    on_fault()  # what the real body does when it fails (create: purge)
                 raise TaskFailed(fault)
 
             body = failing
@@ -455,8 +459,10 @@ class Node:
         return out
 
     def pending(self, vmid: int) -> list[dict[str, Any]]:
-        c = self.load(vmid)
-        out = []
+        """PVE's ``config_with_pending_array``: every key of the config (``digest`` too,
+        as ``load_config`` adds it), its pending value or delete, the pending-only keys."""
+        c, text = self._read(vmid)
+        out: list[dict[str, Any]] = [{"key": "digest", "value": confmod.digest(text)}]
         keys = set(c.main.options) | set(c.pending.options) - {"delete"}
         deleted = set(split_list(c.pending.options.get("delete", "")))
         for k in sorted(keys):
@@ -599,7 +605,8 @@ class Node:
             if start:
                 self._do_start(vmid, log)
 
-        return self._task("vzcreate", vmid, who, body)
+        # PVE's create_vm: on error, destroy_disks + destroy_config (no lock left behind)
+        return self._task("vzcreate", vmid, who, body, on_fault=lambda: self._purge(vmid))
 
     def _check_template(self, who: Identity, ostemplate: str) -> Path:
         sid, colon, _ = ostemplate.partition(":")

@@ -64,6 +64,7 @@ from pvestack.recipes import (
 
 DOCKER_KEY_URL = "https://download.docker.com/linux/debian/gpg"
 DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+LONG_STEP_TIMEOUT = 1800.0  # seconds: apt installs, image loads and pulls
 PROBE_IMAGE = "pvestack/probe:1"
 STATE_DIR = ".pvestack"  # under the project dir: restart marks
 
@@ -405,7 +406,13 @@ def docker_steps(app: AppSpec, vmid: int) -> tuple[Step, ...]:
         "preinstalled": "check the preinstalled Docker engine and compose",
     }[app.docker_source]
     return (
-        Step(f"ct{vmid}:docker:{app.docker_source}", what, (pct_sh(vmid, install),), guard=ready),
+        Step(
+            f"ct{vmid}:docker:{app.docker_source}",
+            what,
+            (pct_sh(vmid, install),),
+            guard=ready,
+            timeout=LONG_STEP_TIMEOUT,
+        ),
         Step(
             f"ct{vmid}:docker:probe",
             "prove the engine runs a container (a local image, no registry)",
@@ -453,12 +460,14 @@ def image_step(ref: str, tarball: str | None, vmid: int) -> Step:
                 pct_sh(vmid, DOCKER_LOAD, inside),
             ),
             guard=guard,
+            timeout=LONG_STEP_TIMEOUT,
         )
     return Step(
         f"ct{vmid}:image:{ref}",
         f"docker pull {ref}",
         (cmd("pct", "exec", str(vmid), "--", "docker", "pull", ref),),
         guard=guard,
+        timeout=LONG_STEP_TIMEOUT,
     )
 
 

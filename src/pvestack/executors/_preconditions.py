@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 from pvestack._client import PveClient
 from pvestack._commands import cmd
-from pvestack._errors import OwnershipError, PreconditionError, PveError, PveParamError
+from pvestack._errors import (
+    OwnershipError,
+    PreconditionError,
+    PveNotFoundError,
+    PveParamError,
+)
 from pvestack._model import (
     Absent,
     Action,
@@ -133,7 +138,7 @@ class PreconditionChecker:
     def _owner(self, node: str, vmid: int) -> str | None:
         try:
             cfg = self.client.get(f"/nodes/{node}/lxc/{vmid}/config")
-        except PveError:
+        except PveNotFoundError:  # gone; any other error is reported as itself
             return None
         return mark_owner({str(k): str(v) for k, v in (cfg or {}).items()})
 

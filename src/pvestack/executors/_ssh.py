@@ -9,6 +9,11 @@
 * A ``Step`` runs as its renderings say: the guard first (exit 0: already done, nothing
   runs), then each ``Command``; a ``Payload`` is revealed only when written to the
   channel's stdin. Output lines go to ``on_output`` as they come, masked.
+* Every command has a time limit (``command_timeout``, 600 s; a ``Step`` may carry a
+  longer one: apt installs, image loads) and an idle limit (``idle_timeout``: no output
+  for 300 s); past either, the channel is closed and ``TransportError`` says which
+  limit and which command. A long command with no output prints "still running"
+  progress lines (``on_output``) every ``progress_every`` seconds.
 * Failures raise ``RootStepError(command line, exit code, stderr)``, masked with
   ``_commands.mask``. Every paramiko/socket error is translated here (the one
   boundary for SSH errors).
@@ -58,7 +63,9 @@ class SshSettings:
     accept_new: bool = False  # add unknown host keys to known_hosts (explicit opt-in)
     use_agent: bool = True
     connect_timeout: float = 15.0
-    command_timeout: float | None = None  # seconds without any output or exit
+    command_timeout: float | None = 600.0  # seconds per command, output or not
+    idle_timeout: float | None = 300.0  # seconds without any output
+    progress_every: float = 30.0  # "still running" lines for a silent command
 
     @property
     def host_key_name(self) -> str:
@@ -267,8 +274,14 @@ class SshTransport:
         *,
         on_line: Callable[[str], None] | None,
         secrets: Iterable[Secret],
+        timeout: float | None = None,
     ) -> CommandOutput:
         secrets = tuple(secrets)
+        limits = _Limits(
+            total=timeout if timeout is not None else self.settings.command_timeout,
+            idle=self.settings.idle_timeout,
+            progress=self.settings.progress_every,
+        )
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise TransportError(f"SSH connection to {self.settings.host_key_name} is closed")
@@ -281,7 +294,7 @@ class SshTransport:
             # writes a lot before it reads all its input cannot deadlock us
             feeder = _Feeder(chan, command.stdin.reveal() if command.stdin is not None else b"")
             feeder.start()
-            result = _collect(chan, on_line, secrets, self.settings.command_timeout, command)
+            result = _collect(chan, on_line, secrets, limits, command)
             feeder.join(timeout=5)
             if feeder.error is not None and result.returncode == 0:
                 raise feeder.error
@@ -305,14 +318,14 @@ class SshTransport:
     def run_step(self, step: Step, *, on_output: Callable[[str], None] | None = None) -> bool:
         """The guard first (exit 0: done, return False); then each command (return True)."""
         if step.guard is not None:
-            g = self._exec(step.guard, on_line=None, secrets=())
+            g = self._exec(step.guard, on_line=None, secrets=(), timeout=step.timeout)
             if g.returncode == 0:
                 return False
         secrets = tuple(s for c in step.commands if c.stdin for s in c.stdin.secrets)
         for c in step.commands:
             if on_output is not None:
                 on_output("$ " + _short(mask(c.line, secrets)))
-            out = self._exec(c, on_line=on_output, secrets=secrets)
+            out = self._exec(c, on_line=on_output, secrets=secrets, timeout=step.timeout)
             if out.returncode != 0:
                 raise RootStepError(
                     mask(c.line, secrets),
@@ -352,11 +365,18 @@ class _Feeder(threading.Thread):
             self.error = e
 
 
+@dataclass(frozen=True)
+class _Limits:
+    total: float | None  # seconds for the whole command
+    idle: float | None  # seconds without output
+    progress: float  # seconds between "still running" lines
+
+
 def _collect(
     chan: paramiko.Channel,
     on_line: Callable[[str], None] | None,
     secrets: tuple[Secret, ...],
-    timeout: float | None,
+    limits: _Limits,
     command: Command,
 ) -> CommandOutput:
     out = bytearray()
@@ -376,36 +396,22 @@ def _collect(
                 on_line(mask(buf.decode(errors="replace"), secrets))
             buf.clear()
 
-    last = time.monotonic()
+    start = last = said = time.monotonic()
     while True:
-        got = False
-        while chan.recv_ready():
-            data = chan.recv(32768)
-            if not data:
-                break
-            out += data
-            emit(1, data)
-            got = True
-        while chan.recv_stderr_ready():
-            data = chan.recv_stderr(32768)
-            if not data:
-                break
-            err += data
-            if len(err) > _STDERR_KEEP:
-                del err[: len(err) - _STDERR_KEEP]
-            emit(2, data)
-            got = True
+        got = _drain(chan, out, err, emit)
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
+        now = time.monotonic()
         if got:
-            last = time.monotonic()
-        elif timeout is not None and time.monotonic() - last > timeout:
-            chan.close()
-            raise TransportError(
-                f"no output and no exit for {timeout:g}s: {mask(command.line, secrets)}"
+            last = said = now
+            continue
+        _check_limits(chan, limits, start, last, now, command, secrets)
+        if on_line is not None and now - said >= limits.progress:
+            on_line(
+                f"… still running ({now - start:.0f}s): {_short(mask(command.line, secrets), 80)}"
             )
-        else:
-            select.select([chan], [], [], 0.2)
+            said = now
+        select.select([chan], [], [], 0.2)
     emit(1, b"", final=True)
     emit(2, b"", final=True)
     code = chan.recv_exit_status()
@@ -414,6 +420,55 @@ def _collect(
         returncode=code if code >= 0 else 255,
         stdout=mask(out.decode(errors="replace"), secrets),
         stderr=mask(err.decode(errors="replace"), secrets),
+    )
+
+
+def _drain(
+    chan: paramiko.Channel,
+    out: bytearray,
+    err: bytearray,
+    emit: Callable[[int, bytes], None],
+) -> bool:
+    got = False
+    while chan.recv_ready():
+        data = chan.recv(32768)
+        if not data:
+            break
+        out += data
+        emit(1, data)
+        got = True
+    while chan.recv_stderr_ready():
+        data = chan.recv_stderr(32768)
+        if not data:
+            break
+        err += data
+        if len(err) > _STDERR_KEEP:
+            del err[: len(err) - _STDERR_KEEP]
+        emit(2, data)
+        got = True
+    return got
+
+
+def _check_limits(  # noqa: PLR0917
+    chan: paramiko.Channel,
+    limits: _Limits,
+    start: float,
+    last: float,
+    now: float,
+    command: Command,
+    secrets: tuple[Secret, ...],
+) -> None:
+    what = None
+    if limits.total is not None and now - start > limits.total:
+        what = f"still running after {limits.total:g}s (its time limit)"
+    elif limits.idle is not None and now - last > limits.idle:
+        what = f"no output and no exit for {limits.idle:g}s"
+    if what is None:
+        return
+    chan.close()
+    raise TransportError(
+        f"remote command stopped waiting: {what}: {_short(mask(command.line, secrets))}",
+        hint="the command may still run on the node; check it there (ps), then re-run apply",
     )
 
 

@@ -169,13 +169,16 @@ def doctor(
     *,
     token_id: str,
     connect: Callable[[str, int], None] | None = None,
+    adopt: bool = False,
 ) -> DoctorReport:
+    """``adopt``: a container of another owner in a stack's vmid is to be adopted
+    (``apply --adopt``), a warning instead of a fail."""
     out: list[Finding] = []
     if not _api_checks(api, token_id, out):
         return DoctorReport(tuple(out))
     out += _privilege_checks(api, desired, token_id)
     out += _node_checks(api, desired)
-    out += _stack_checks(api, desired)
+    out += _stack_checks(api, desired, adopt)
     out += _runc_check(api, desired)
     out.append(_root_check(root, connect or _tcp_connect))
     return DoctorReport(tuple(out))
@@ -282,7 +285,7 @@ def _storage_finding(
     return Finding(f"storage {sid}", Status.PASS, f"content {row.get('content')}")
 
 
-def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
+def _stack_checks(api: DoctorApi, desired: DesiredState, adopt: bool = False) -> list[Finding]:
     out = []
     guests = {int(r["vmid"]): r for r in _rows(api, "/cluster/resources", type="vm")
               if "vmid" in r}  # fmt: skip
@@ -294,7 +297,7 @@ def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
                 t = resolve_appliance(api.get(f"/nodes/{ct.node}/aplinfo"), t)
             except PvestackError as e:
                 out.append(Finding(f"{s.name}: template", Status.FAIL, str(e), e.hint or ""))
-                out.append(_vmid_finding(api, s, guests))
+                out.append(_vmid_finding(api, s, guests, adopt))
                 continue
         rows = _rows(api, f"/nodes/{ct.node}/storage/{t.storage}/content", content="vztmpl")
         vols = {str(r.get("volid")) for r in rows}
@@ -309,11 +312,13 @@ def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
                                f"{t.url} has no checksum: the download is not verified",
                                "add checksum + checksum_algorithm to [stack.template], or name "
                                "an appliance from the node's index (pveam available)"))  # fmt: skip
-        out.append(_vmid_finding(api, s, guests))
+        out.append(_vmid_finding(api, s, guests, adopt))
     return out
 
 
-def _vmid_finding(api: DoctorApi, s: StackSpec, guests: Mapping[int, Any]) -> Finding:
+def _vmid_finding(
+    api: DoctorApi, s: StackSpec, guests: Mapping[int, Any], adopt: bool = False
+) -> Finding:
     vmid = s.container.vmid
     check = f"{s.name}: vmid"
     if vmid is None:
@@ -328,6 +333,9 @@ def _vmid_finding(api: DoctorApi, s: StackSpec, guests: Mapping[int, Any]) -> Fi
             owner = None
         if owner == s.name:
             return Finding(check, Status.PASS, f"{vmid} is this stack's container")
+        if adopt:
+            return Finding(check, Status.WARN, f"{vmid} is lxc {g.get('name', '')}, not "
+                           "marked as this stack's: --adopt takes it over")  # fmt: skip
     return Finding(check, Status.FAIL, f"{vmid} is taken by {g.get('type')} {g.get('name', '')}",
                    "choose another vmid (or --adopt a container you own)")  # fmt: skip
 

@@ -208,10 +208,7 @@ def _api_checks(api: DoctorApi, token_id: str, out: list[Finding]) -> bool:
 
 def _held(api: DoctorApi, path: str, cache: dict[str, frozenset[str]]) -> frozenset[str]:
     if path not in cache:
-        try:
-            perms = api.request("GET", "/access/permissions", {"path": path})
-        except PveError:
-            perms = {}
+        perms = api.request("GET", "/access/permissions", {"path": path})
         held = perms.get(path, {}) if isinstance(perms, dict) else {}
         cache[path] = frozenset(held)
     return cache[path]
@@ -220,13 +217,22 @@ def _held(api: DoctorApi, path: str, cache: dict[str, frozenset[str]]) -> frozen
 def _privilege_checks(api: DoctorApi, desired: DesiredState, token_id: str) -> list[Finding]:
     out = []
     cache: dict[str, frozenset[str]] = {}
+    try:
+        _held(api, "/", cache)
+    except PveError as e:  # not a missing privilege: the node does not say
+        return [Finding("privileges", Status.WARN, f"GET /access/permissions failed: {e}",
+                        "check the privileges by hand (pveum user token permissions)")]  # fmt: skip
     for need in required_privileges(desired):
-        missing = [p for p in need.privs if p not in _held(api, need.path, cache)]
-        if missing and need.alternative is not None:
-            alt_path, alt_privs = need.alternative
-            if all(p in _held(api, alt_path, cache) for p in alt_privs):
-                missing = []
         check = f"privilege {need.path}"
+        try:
+            missing = [p for p in need.privs if p not in _held(api, need.path, cache)]
+            if missing and need.alternative is not None:
+                alt_path, alt_privs = need.alternative
+                if all(p in _held(api, alt_path, cache) for p in alt_privs):
+                    missing = []
+        except PveError as e:
+            out.append(Finding(check, Status.WARN, f"permissions unreadable: {e}"))
+            continue
         if missing:
             out.append(
                 Finding(

@@ -93,12 +93,13 @@ systemctl enable --now docker
 
 # runc >= 1.3.3 (containerd.io >= 1.7.28-2) fails in unprivileged CTs on nodes whose
 # lxc-pve is older than 6.0.5-2 (``_nodepkgs``). The upstream workaround: install the
-# newest containerd.io below that release and hold it.
+# newest containerd.io below that release and hold it. Docker's versions carry a
+# suffix (1.7.28-2~debian.13~trixie sorts below 1.7.28-2): compared with 1.7.28-2~.
 CONTAINERD_BREAKING = "1.7.28-2"
 INSTALL_HELD_CONTAINERD = f"""\
 best=""
 for v in $(apt-cache madison containerd.io | awk -F'|' '{{ gsub(/ /, "", $2); print $2 }}'); do
-  dpkg --compare-versions "$v" lt {CONTAINERD_BREAKING} || continue
+  dpkg --compare-versions "$v" lt {CONTAINERD_BREAKING}~ || continue
   if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best=$v; fi
 done
 if [ -z "$best" ]; then

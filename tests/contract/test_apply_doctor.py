@@ -134,3 +134,47 @@ def test_plan_without_a_docker_install_reads_no_versions(served: Served) -> None
     before = c.calls
     assert runc_guard(rest, d, c).plan == rest
     assert c.calls == before
+
+
+SECRETS = """
+[secrets]
+litellm_key = { env = "LITELLM_API_KEY" }
+"""
+APP = """
+[stack.app]
+recipe = "hermes"
+docker = "docker-ce"
+gateway_url = "http://10.77.0.250:4000/v1"
+gateway_key = "litellm_key"
+default_model = "mock-gpt"
+"""
+
+
+def test_cli_plan_warns_about_runc_only_for_a_docker_install(
+    served: Served, stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LITELLM_API_KEY", "sk-plan-test")
+    served.control("POST", "/_lab/packages", {"lxc-pve": "6.0.0-1"})
+    served.server.httpd.timings.clear()
+    bare = CliRunner().invoke(app, ["plan", "-c", str(stack), "--json"])
+    assert bare.exit_code == 0, bare.output
+    assert json.loads(bare.stdout)["warnings"] == []  # no Docker to install: not read
+    assert not any("/apt/versions" in p for _m, p, _s in served.server.httpd.timings)
+    text = stack.read_text()
+    head, sep, tail = text.partition("[[stack]]")
+    stack.write_text(head + SECRETS + sep + tail + APP)
+    r = CliRunner().invoke(app, ["plan", "-c", str(stack), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    (w,) = out["warnings"]
+    assert "lxc-pve 6.0.0-1 < 6.0.5-2" in w and "apt full-upgrade" in w
+    (docker,) = [a for a in out["actions"] if a["kind"] == "guest-docker"]
+    assert "containerd.io held below 1.7.28-2" in docker["reason"]
+    shown = CliRunner().invoke(app, ["plan", "-c", str(stack)])
+    assert "warning: pve: lxc-pve 6.0.0-1 < 6.0.5-2" in shown.output
+    served.node.auth.set_role(DEPLOY_ROLE, set(DEPLOY_PRIVS) - {"Sys.Audit"})
+    blind = CliRunner().invoke(app, ["plan", "-c", str(stack)])
+    assert blind.exit_code == 0, blind.output
+    assert f"could not read the node's package versions (Sys.Audit on /nodes/{NODE})" in (
+        blind.output
+    )

@@ -169,13 +169,16 @@ def doctor(
     *,
     token_id: str,
     connect: Callable[[str, int], None] | None = None,
+    adopt: bool = False,
 ) -> DoctorReport:
+    """``adopt``: a container of another owner in a stack's vmid is to be adopted
+    (``apply --adopt``), a warning instead of a fail."""
     out: list[Finding] = []
     if not _api_checks(api, token_id, out):
         return DoctorReport(tuple(out))
     out += _privilege_checks(api, desired, token_id)
     out += _node_checks(api, desired)
-    out += _stack_checks(api, desired)
+    out += _stack_checks(api, desired, adopt)
     out += _runc_check(api, desired)
     out.append(_root_check(root, connect or _tcp_connect))
     return DoctorReport(tuple(out))
@@ -205,10 +208,7 @@ def _api_checks(api: DoctorApi, token_id: str, out: list[Finding]) -> bool:
 
 def _held(api: DoctorApi, path: str, cache: dict[str, frozenset[str]]) -> frozenset[str]:
     if path not in cache:
-        try:
-            perms = api.request("GET", "/access/permissions", {"path": path})
-        except PveError:
-            perms = {}
+        perms = api.request("GET", "/access/permissions", {"path": path})
         held = perms.get(path, {}) if isinstance(perms, dict) else {}
         cache[path] = frozenset(held)
     return cache[path]
@@ -217,13 +217,22 @@ def _held(api: DoctorApi, path: str, cache: dict[str, frozenset[str]]) -> frozen
 def _privilege_checks(api: DoctorApi, desired: DesiredState, token_id: str) -> list[Finding]:
     out = []
     cache: dict[str, frozenset[str]] = {}
+    try:
+        _held(api, "/", cache)
+    except PveError as e:  # not a missing privilege: the node does not say
+        return [Finding("privileges", Status.WARN, f"GET /access/permissions failed: {e}",
+                        "check the privileges by hand (pveum user token permissions)")]  # fmt: skip
     for need in required_privileges(desired):
-        missing = [p for p in need.privs if p not in _held(api, need.path, cache)]
-        if missing and need.alternative is not None:
-            alt_path, alt_privs = need.alternative
-            if all(p in _held(api, alt_path, cache) for p in alt_privs):
-                missing = []
         check = f"privilege {need.path}"
+        try:
+            missing = [p for p in need.privs if p not in _held(api, need.path, cache)]
+            if missing and need.alternative is not None:
+                alt_path, alt_privs = need.alternative
+                if all(p in _held(api, alt_path, cache) for p in alt_privs):
+                    missing = []
+        except PveError as e:
+            out.append(Finding(check, Status.WARN, f"permissions unreadable: {e}"))
+            continue
         if missing:
             out.append(
                 Finding(
@@ -282,7 +291,7 @@ def _storage_finding(
     return Finding(f"storage {sid}", Status.PASS, f"content {row.get('content')}")
 
 
-def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
+def _stack_checks(api: DoctorApi, desired: DesiredState, adopt: bool = False) -> list[Finding]:
     out = []
     guests = {int(r["vmid"]): r for r in _rows(api, "/cluster/resources", type="vm")
               if "vmid" in r}  # fmt: skip
@@ -294,7 +303,7 @@ def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
                 t = resolve_appliance(api.get(f"/nodes/{ct.node}/aplinfo"), t)
             except PvestackError as e:
                 out.append(Finding(f"{s.name}: template", Status.FAIL, str(e), e.hint or ""))
-                out.append(_vmid_finding(api, s, guests))
+                out.append(_vmid_finding(api, s, guests, adopt))
                 continue
         rows = _rows(api, f"/nodes/{ct.node}/storage/{t.storage}/content", content="vztmpl")
         vols = {str(r.get("volid")) for r in rows}
@@ -309,11 +318,13 @@ def _stack_checks(api: DoctorApi, desired: DesiredState) -> list[Finding]:
                                f"{t.url} has no checksum: the download is not verified",
                                "add checksum + checksum_algorithm to [stack.template], or name "
                                "an appliance from the node's index (pveam available)"))  # fmt: skip
-        out.append(_vmid_finding(api, s, guests))
+        out.append(_vmid_finding(api, s, guests, adopt))
     return out
 
 
-def _vmid_finding(api: DoctorApi, s: StackSpec, guests: Mapping[int, Any]) -> Finding:
+def _vmid_finding(
+    api: DoctorApi, s: StackSpec, guests: Mapping[int, Any], adopt: bool = False
+) -> Finding:
     vmid = s.container.vmid
     check = f"{s.name}: vmid"
     if vmid is None:
@@ -328,6 +339,9 @@ def _vmid_finding(api: DoctorApi, s: StackSpec, guests: Mapping[int, Any]) -> Fi
             owner = None
         if owner == s.name:
             return Finding(check, Status.PASS, f"{vmid} is this stack's container")
+        if adopt:
+            return Finding(check, Status.WARN, f"{vmid} is lxc {g.get('name', '')}, not "
+                           "marked as this stack's: --adopt takes it over")  # fmt: skip
     return Finding(check, Status.FAIL, f"{vmid} is taken by {g.get('type')} {g.get('name', '')}",
                    "choose another vmid (or --adopt a container you own)")  # fmt: skip
 

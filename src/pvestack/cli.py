@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from pvestack._daytwo import Guest
+    from pvestack._doctor import DoctorReport
     from pvestack._engine import ApplyRun, DestroyPlan, Options, PlanResult, Session
     from pvestack._errors import PvestackError
     from pvestack._model import Action, Plan
@@ -276,9 +277,14 @@ def apply(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="do not run verify after a complete apply")
     ] = False,
+    skip_doctor: Annotated[
+        bool,
+        typer.Option("--skip-doctor", help="do not run doctor's checks first (experts)"),
+    ] = False,
 ) -> None:
     """Do everything the plan says: the token's part through the API, root's part
-    through SSH (or the console script), then the guest's."""
+    through SSH (or the console script), then the guest's. Doctor's read-only checks
+    run first: a fail stops apply before anything changes."""
     from pvestack._engine import ApplyHooks, apply_run  # noqa: PLC0415
 
     def show(p: "Plan", via: str) -> None:
@@ -297,8 +303,12 @@ def apply(
         on_progress=None if json_out else _progress,
         hand_off=_hand_off if interactive else None,
         on_verify=None if json_out else (lambda: _say("\nverify:")),
+        on_doctor=None if json_out else _show_doctor,
     )
-    run: ApplyRun = _run(opts, lambda s: apply_run(s, hooks, run_verify=not no_verify))
+    run: ApplyRun = _run(
+        opts,
+        lambda s: apply_run(s, hooks, run_verify=not no_verify, run_doctor=not skip_doctor),
+    )
     for n in run.notes:
         _say(f"warning: {n}", stderr=True, style="bold yellow")
     if json_out:
@@ -306,10 +316,30 @@ def apply(
         data["console_script"] = run.script
         data["verify"] = run.report.to_json() if run.report is not None else None
         data["exit_code"] = run.exit_code
+        data["doctor"] = _doctor_json(run.doctor) if run.doctor is not None else None
         _print_json(data)
         raise typer.Exit(run.exit_code)
     _apply_summary(run)
     raise typer.Exit(run.exit_code)
+
+
+def _show_doctor(report: "DoctorReport") -> None:
+    """Before apply: warnings and fails with their fixes (all of it on a fail)."""
+    from pvestack._doctor import Status, render_doctor  # noqa: PLC0415
+
+    if report.failed:
+        _say(render_doctor(report), stderr=True)
+        return
+    for f in report.findings:
+        if f.status is Status.WARN:
+            _say(f"warning: doctor: {f.check}: {f.evidence}", stderr=True, style="bold yellow")
+            if f.fix:
+                _say(f"  fix: {f.fix}", stderr=True)
+
+
+def _doctor_json(report: "DoctorReport") -> list[dict[str, str]]:
+    return [{"check": f.check, "status": f.status.value, "evidence": f.evidence,
+             "fix": f.fix} for f in report.findings]  # fmt: skip
 
 
 def _hand_off(script: str, poll: Callable[[], Any]) -> None:
@@ -465,8 +495,7 @@ def doctor(opts: "Options", *, json_out: JsonOpt = False) -> None:
 
     report = _run(opts, body)
     if json_out:
-        _print_json([{"check": f.check, "status": f.status.value, "evidence": f.evidence,
-                      "fix": f.fix} for f in report.findings])  # fmt: skip
+        _print_json(_doctor_json(report))
     else:
         _say(render_doctor(report))
     if report.failed:

@@ -46,6 +46,10 @@ pytestmark = pytest.mark.contract
 
 NO_ROOT = RootAccess(None, 'root.via = "console": run the printed script', "console")
 
+# fakepve models neither /access/permissions nor every bridge: doctor is the lab's
+# (tests/contract/test_lab_doctor.py, test_apply_doctor.py)
+SKIP_DOCTOR = ("--skip-doctor",)
+
 
 def token_apply(cfg: StackFile, client: PveClient, **kw: Any) -> Any:
     p = plan(build_desired(cfg), client, **kw).plan
@@ -297,7 +301,7 @@ def test_cli_plan_apply_plan(pve: Any, stack_cfg: StackFile) -> None:
     assert {"id", "action", "target", "actor", "reason", "before", "after"} <= set(
         data["actions"][0]
     )
-    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json"])
+    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json", *SKIP_DOCTOR])
     assert r.exit_code == 3, r.output
     out = json.loads(r.stdout)
     assert out["pending_reason"] and out["exit_code"] == 3
@@ -379,7 +383,7 @@ def test_console_mode_prints_a_script_from_the_fresh_state(
     pve: Any, stack_cfg: StackFile, tmp_path: Any
 ) -> None:
     runner = CliRunner()
-    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json"])
+    r = runner.invoke(app, ["apply", "-c", stack_cfg.source_file, "--json", *SKIP_DOCTOR])
     assert r.exit_code == 3, r.output
     script = json.loads(r.stdout)["console_script"]
     assert script is not None
@@ -412,7 +416,7 @@ def test_console_hand_off_waits_on_a_terminal(pve: Any, stack_cfg: StackFile) ->
     master, slave = pty.openpty()
     exe = str(Path(sys.executable).parent / "pvestack")
     proc = subprocess.Popen(
-        [exe, "apply", "-c", stack_cfg.source_file, "--no-verify"],
+        [exe, "apply", "-c", stack_cfg.source_file, "--no-verify", *SKIP_DOCTOR],
         stdin=slave,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

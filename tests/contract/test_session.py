@@ -118,7 +118,9 @@ def test_console_apply_with_hand_off_reads_each_secret_once(
 
     hooks = ApplyHooks(on_plan=lambda p, _via: plans.append(p), hand_off=hand_off)
     with Session(cfg, Options(), env=env) as s:
-        run = apply_run(s, hooks, run_verify=False)
+        run = apply_run(
+            s, hooks, run_verify=False, run_doctor=False
+        )  # fakepve: no permissions model
     assert len(handed) == 1 and len(plans) == 2  # planned, handed off, planned again
     assert "ct118:guest-access:hostkey-record" in handed[0] and "docker" not in handed[0]
     # guest.via = "ssh": every guest step went over the CT's own transport, secrets too
@@ -154,7 +156,7 @@ def test_ssh_apply_and_verify_read_each_secret_once(pve: Any, counted: dict[str,
     cfg = parse_config(counted["text"], str(EXAMPLE), env=env)
     root = FakeRoot()
     with Session(cfg, Options(), env=env, root_opener=lambda _c: RootAccess(root, via="ssh")) as s:
-        run = apply_run(s, ApplyHooks())
+        run = apply_run(s, ApplyHooks(), run_doctor=False)
     assert run.result.exit_code == 0, run.result.to_json()
     assert run.report is not None  # verify ran on the same session
     assert any(sid.startswith("pct-set:118") for sid in root.steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 from pvestack._doctor import (
     DoctorReport,
@@ -12,6 +13,7 @@ from pvestack._doctor import (
     RootSettings,
     Status,
     _root_check,
+    _vmid_finding,
     grant_commands,
     render_doctor,
     required_privileges,
@@ -90,3 +92,25 @@ def test_render_one_line_per_finding_with_the_fix() -> None:
     assert text[0] == "PASS  api: ok"
     assert text[1] == "FAIL  privilege /vms/1: lacks VM.Audit  -> fix: pveum ..."
     assert text[2] == "doctor: 1 fail, 0 warn, 2 checks" and report.failed
+
+
+class _ForeignConfig:
+    """The API as _vmid_finding reads it: a CT without pvestack's mark."""
+
+    def get(self, path: str, **params: str | int) -> Any:
+        assert path == "/nodes/pve/lxc/105/config"
+        return {"hostname": "other", "description": "not ours"}
+
+    def request(self, method: str, path: str, params: Any = None) -> Any:
+        raise AssertionError("doctor only reads the config here")
+
+
+def test_a_foreign_ct_in_the_vmid_fails_unless_apply_adopts_it() -> None:
+    (stack,) = _desired().stacks
+    guests = {105: {"type": "lxc", "node": "pve", "name": "other"}}
+    plain = _vmid_finding(_ForeignConfig(), stack, guests)
+    assert plain.status is Status.FAIL and "--adopt" in plain.fix
+    adopted = _vmid_finding(_ForeignConfig(), stack, guests, adopt=True)
+    assert adopted.status is Status.WARN and "--adopt takes it over" in adopted.evidence
+    vm = _vmid_finding(_ForeignConfig(), stack, {105: {"type": "qemu", "name": "vm"}}, adopt=True)
+    assert vm.status is Status.FAIL  # a VM is never adopted

@@ -315,6 +315,7 @@ PROGRAMS = {
     for name in (
         "DOCKER_READY",
         "INSTALL_DOCKER_CE",
+        "INSTALL_DOCKER_CE_HELD",
         "INSTALL_DOCKER_DEBIAN",
         "CHECK_PREINSTALLED",
         "DOCKER_PROBE",

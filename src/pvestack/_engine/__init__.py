@@ -30,6 +30,7 @@ from pvestack._engine._destroy import (
     destroy_plan,
 )
 from pvestack._engine._facts import TransportFactReader
+from pvestack._engine._nodecheck import RuncGuard, preflight, runc_guard
 from pvestack._engine._session import (
     Options,
     RootAccess,
@@ -76,6 +77,7 @@ __all__ = [
     "PlanResult",
     "ProgressHook",
     "RootAccess",
+    "RuncGuard",
     "Session",
     "TransportFactReader",
     "apply",
@@ -90,9 +92,11 @@ __all__ = [
     "open_root",
     "plan",
     "plan_run",
+    "preflight",
     "render_console_script",
     "root_effects_missing",
     "root_steps",
+    "runc_guard",
     "ssh_settings",
     "verify_run",
 ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pvestack._client import PveClient
+from pvestack._doctor import DoctorReport, RootSettings
 from pvestack._engine._apply import ApplyResult, ProgressHook, apply
 from pvestack._engine._console import (
     console_actions,
@@ -18,6 +19,7 @@ from pvestack._engine._console import (
 from pvestack._engine._destroy import DestroyPlan, DestroyResult, destroy, destroy_plan
 from pvestack._engine._facts import TransportFactReader
 from pvestack._engine._guest import GuestFactReader, places
+from pvestack._engine._nodecheck import preflight, runc_guard
 from pvestack._engine._session import RootAccess, Session
 from pvestack._errors import PvestackError
 from pvestack._model import Action, DesiredState, GuestAccess, ObservedState, Plan
@@ -78,7 +80,14 @@ def _plan(s: Session, root: RootAccess | None) -> PlanResult:
     notes: tuple[str, ...] = ()
     if root is not None and root.transport is None and root.via == "ssh":
         notes = (f"host facts not read: {root.reason}",)
-    return replace(result, notes=notes, root_via=s.cfg.root.via)
+    guard = runc_guard(result.plan, s.desired, s.client)  # reads only for a Docker install
+    return replace(
+        result,
+        plan=guard.plan,
+        notes=(*notes, *guard.notes),
+        root_via=s.cfg.root.via,
+        api_calls=result.api_calls + guard.api_calls,
+    )
 
 
 def plan_run(s: Session) -> PlanResult:
@@ -104,6 +113,7 @@ class ApplyHooks:
     # there); None: the script is returned in the result instead
     hand_off: Callable[[str, Poll], None] | None = None
     on_verify: Callable[[], None] | None = None
+    on_doctor: Callable[[DoctorReport], None] | None = None  # doctor's findings, first
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class ApplyRun:
     script: str | None = None  # the console script still to run (not handed off)
     report: VerifyReport | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    doctor: DoctorReport | None = None  # None: --skip-doctor
 
     @property
     def exit_code(self) -> int:
@@ -127,9 +138,38 @@ def _apply_plan(s: Session, p: Plan, hooks: ApplyHooks) -> ApplyResult:
     return apply(p, s.client, root=s.root, on_progress=hooks.on_progress)
 
 
-def apply_run(s: Session, hooks: ApplyHooks = ApplyHooks(), *, run_verify: bool = True) -> ApplyRun:
-    """``pvestack apply``: plan, apply; in console mode hand the root script over, wait
-    for its effects through the API, plan again and continue; then verify."""
+def _doctor_first(s: Session, hooks: ApplyHooks) -> DoctorReport:
+    ssh = s.cfg.root.ssh
+    root = RootSettings(s.cfg.root.via, ssh.host, ssh.port, ssh.known_hosts)
+    report = preflight(
+        s.client, s.desired, root, token_id=s.cfg.pve.token_id, adopt=s.options.adopt
+    )
+    if hooks.on_doctor is not None:
+        hooks.on_doctor(report)
+    return report
+
+
+def apply_run(
+    s: Session,
+    hooks: ApplyHooks = ApplyHooks(),
+    *,
+    run_verify: bool = True,
+    run_doctor: bool = True,
+) -> ApplyRun:
+    """``pvestack apply``: doctor's checks first (a fail stops it before any change),
+    plan, apply; in console mode hand the root script over, wait for its effects
+    through the API, plan again and continue; then verify."""
+    found = _doctor_first(s, hooks) if run_doctor else None
+    if found is not None and found.failed:
+        nothing = Plan(())
+        fails = sum(f.status.value == "fail" for f in found.findings)
+        error = f"doctor found {fails} problem(s): nothing was changed (fix them, or --skip-doctor)"
+        return ApplyRun(nothing, ApplyResult((), nothing, error=error), doctor=found)
+    run = _apply_run(s, hooks, run_verify=run_verify)
+    return replace(run, doctor=found)
+
+
+def _apply_run(s: Session, hooks: ApplyHooks, *, run_verify: bool) -> ApplyRun:
     root = s.root
     notes = (root.reason,) if root.transport is None and root.via == "ssh" else ()
     s.guest_access(generate=True)  # the per-stack keys exist before the plan (create needs them)

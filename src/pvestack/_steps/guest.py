@@ -99,6 +99,31 @@ apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker-
 systemctl enable --now docker
 """
 
+# runc >= 1.3.3 (containerd.io >= 1.7.28-2) fails in unprivileged CTs on nodes whose
+# lxc-pve is older than 6.0.5-2 (``_nodepkgs``). The upstream workaround: install the
+# newest containerd.io below that release and hold it. Docker's versions carry a
+# suffix (1.7.28-2~debian.13~trixie sorts below 1.7.28-2): compared with 1.7.28-2~.
+CONTAINERD_BREAKING = "1.7.28-2"
+INSTALL_HELD_CONTAINERD = f"""\
+best=""
+for v in $(apt-cache madison containerd.io | awk -F'|' '{{ gsub(/ /, "", $2); print $2 }}'); do
+  dpkg --compare-versions "$v" lt {CONTAINERD_BREAKING}~ || continue
+  if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best=$v; fi
+done
+if [ -z "$best" ]; then
+  echo "no containerd.io older than {CONTAINERD_BREAKING} in Docker's repository" >&2
+  exit 1
+fi
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q --allow-downgrades docker-ce docker-ce-cli "containerd.io=$best" docker-buildx-plugin docker-compose-plugin
+apt-mark hold containerd.io
+echo "containerd.io $best held (runc < 1.3.3: the node's lxc-pve predates 6.0.5-2)"
+"""
+_CE_INSTALL_LINE = (
+    "apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker-ce "
+    "docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin\n"
+)
+INSTALL_DOCKER_CE_HELD = INSTALL_DOCKER_CE.replace(_CE_INSTALL_LINE, INSTALL_HELD_CONTAINERD)
+
 INSTALL_DOCKER_DEBIAN = """\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
@@ -393,10 +418,13 @@ def _mode(m: str) -> str:
 # ---------------------------------------------------------------- steps
 
 
-def docker_steps(app: AppSpec, vmid: int) -> tuple[Step, ...]:
+def docker_steps(app: AppSpec, vmid: int, *, hold_containerd: bool = False) -> tuple[Step, ...]:
+    """``hold_containerd`` (docker-ce only): containerd.io is held below the runc 1.3.3
+    release (the node's lxc-pve predates the fix)."""
     ready = pct_sh(vmid, DOCKER_READY)
+    held = hold_containerd and app.docker_source == "docker-ce"
     install = {
-        "docker-ce": INSTALL_DOCKER_CE,
+        "docker-ce": INSTALL_DOCKER_CE_HELD if held else INSTALL_DOCKER_CE,
         "debian": INSTALL_DOCKER_DEBIAN,
         "preinstalled": CHECK_PREINSTALLED,
     }[app.docker_source]
@@ -405,6 +433,8 @@ def docker_steps(app: AppSpec, vmid: int) -> tuple[Step, ...]:
         "debian": "install Debian's docker.io and docker-compose",
         "preinstalled": "check the preinstalled Docker engine and compose",
     }[app.docker_source]
+    if held:
+        what += f", containerd.io held below {CONTAINERD_BREAKING} (runc 1.3.3 breakage)"
     return (
         Step(
             f"ct{vmid}:docker:{app.docker_source}",

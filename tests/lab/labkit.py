@@ -110,3 +110,20 @@ def ssh(
     return subprocess.run(
         argv, input=stdin or "", capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+LAB_IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def ensure_lab_images(tarballs: tuple[str, ...]) -> Path:
+    """The lab's image tarballs, built once on this machine when missing (Hermes and
+    LiteLLM from PyPI: scripts/build-lab-images.sh, which takes its own lock)."""
+    if any(not (LAB_IMAGES / t).is_file() for t in tarballs):
+        r = subprocess.run(
+            [str(_ROOT / "scripts" / "build-lab-images.sh")],
+            env={**os.environ, "PVESTACK_LAB_DIR": str(LAB_IMAGES.parent)},
+            capture_output=True, text=True, timeout=3600, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return LAB_IMAGES

@@ -7,9 +7,9 @@ only) and verify runs its in-container checks over the same route; a third apply
 "No changes". No secret in the script, in anything printed, in the argv seen in the
 containers while the guest steps ran (``ps`` snapshots), or in ``docker inspect``.
 
-Verify's bind-mount checks look at the host side of the mount (``stat`` on the node),
-which a console-only run cannot do: they report "no root transport" (the probes in
-the script proved the mounts when they ran); every other check must pass.
+Verify exits 0 with every check green: the bind-mount checks, which cannot read the
+node without root on it, prove the probe's owner inside the container (the host side is
+the id map's image of it, and their evidence says the node was not read).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
 
 from pvelab.control import Lab
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
 IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
-TARBALLS = ("hermes-agent-0.19.0.tar", "litellm-1.82.6.tar")
+TARBALLS = ("hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 MARKER = "PVESTACK-ROOT-STEPS-DONE"
 
 
@@ -49,8 +49,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if any(not (IMAGES / t).is_file() for t in TARBALLS):
-        pytest.skip(f"lab images missing in {IMAGES} (scripts/build-lab-images.sh)")
+    ensure_lab_images(TARBALLS)
     lab = make_lab(host_tmpdir("pvestack-labconseed-"), 4)
     try:
         lab.up(install=False)
@@ -82,10 +81,12 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
     hosts = list(net.hosts())
     gw_ip = str(hosts[-5])
     master = "sk-lab-" + secrets.token_hex(16)
+    api_key = "hermes-api-" + secrets.token_hex(12)
     node_env = {**os.environ, **lab.env()}  # the test's own root shell on the node
     env = {
         **node_env,
         "LITELLM_MASTER_KEY": master,
+        "HERMES_API_KEY": api_key,
         "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
         "PVESTACK_LAB_GATEWAY_IP": gw_ip,
         "PVESTACK_LAB_ROUTER": str(hosts[0]),
@@ -99,7 +100,7 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
     stack = lab.dir / "lab-console.toml"
     stack.write_text((ROOT / "examples" / "lab-console.toml").read_text())
     printed: list[str] = []
-    secret_values = (master, env["PVESTACK_TOKEN_SECRET"])
+    secret_values = (master, api_key, env["PVESTACK_TOKEN_SECRET"])
 
     r = pvestack(env, "apply", "-c", str(stack))
     printed += [r.stdout, r.stderr]
@@ -141,16 +142,16 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
     r = pvestack(env, "verify", "-c", str(stack), "--json")
     printed += [r.stdout, r.stderr]
     checks = json.loads(r.stdout)["checks"]
-    bad = [
-        c for c in checks
-        if c["status"] == "fail" and not c["id"].startswith("mount.")
-    ]  # fmt: skip
+    bad = [c for c in checks if c["status"] in ("fail", "unverified")]
     assert bad == [], bad
-    print("mount checks:", [(c["id"], c["status"]) for c in checks if c["id"].startswith("mount.")])
-    for c in checks:
-        if c["id"].startswith("mount.") and c["status"] == "fail":
-            assert "no root transport" in c["evidence"], c
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    mounts = [c for c in checks if c["id"].startswith("mount.")]
+    # proved inside over the guest route; the node itself is never asked (no root on it)
+    assert mounts and all(c["status"] == "pass" for c in mounts), mounts
+    assert all("the node itself is not read" in c["evidence"] for c in mounts), mounts
     assert any(c["id"] == "llm.roundtrip" and c["status"] == "pass" for c in checks), checks
+    # the path a client such as Open WebUI takes: Hermes's API server, from this machine
+    assert any(c["id"] == "hermes.api.chat" and c["status"] == "pass" for c in checks), checks
 
     r = pvestack(env, "apply", "-c", str(stack), "--no-verify")
     printed += [r.stdout, r.stderr]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
 
 from pvelab.control import Lab
 
@@ -35,11 +35,7 @@ GW, HERMES = 217, 218
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    missing = [t for t in TARBALLS if not (IMAGES / t).is_file()]
-    if missing:
-        pytest.skip(
-            f"no lab images in {IMAGES} ({', '.join(missing)}): run scripts/build-lab-images.sh"
-        )
+    ensure_lab_images(TARBALLS)
     # one run of this module at a time on the machine (its lab's bridge and ports are fixed)
     lock = Path("/run/pvestack-labguest.lock").open("w")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)

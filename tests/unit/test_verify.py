@@ -405,3 +405,32 @@ def test_the_api_servers_address_comes_from_the_api_when_it_knows_it() -> None:
     c = next(r for r in report.results if r.id == "hermes.api.chat")
     assert c.status is Status.PASS, c
     assert not any("addr" in c.argv for c in node.seen)  # no need to look inside
+
+
+def test_console_only_mounts_are_proved_inside_and_the_node_is_never_asked() -> None:
+    """The guest route reaches the containers, not the node: the bind-mount probe is
+    judged by its owner inside (the host side is the id map's image, said so), green."""
+
+    def inside(c: Command) -> CommandOutput | None:
+        a = c.argv
+        if a[:2] == ("pct", "exec") and "stat" in a and ".pvestack-probe-" in a[-1]:
+            return ok("10000:10000\n")
+        return None
+
+    node = Node(inside)
+    report = verify(desired(), VMIDS, api_get, node, http=Web(), node_root=False)
+    mounts = [r for r in report.results if r.id.startswith("mount.")]
+    assert mounts and all(r.status is Status.PASS for r in mounts), mounts
+    assert all("the node itself is not read" in r.evidence for r in mounts)
+    assert all(c.argv[0] == "pct" for c in node.seen), "no node command without node root"
+    assert report.ok
+
+    def wrong_owner(c: Command) -> CommandOutput | None:
+        a = c.argv
+        if a[:2] == ("pct", "exec") and "stat" in a and ".pvestack-probe-" in a[-1]:
+            return ok("0:0\n")
+        return None
+
+    bad = verify(desired(), VMIDS, api_get, Node(wrong_owner), http=Web(), node_root=False)
+    assert not bad.ok
+    assert any(r.id.startswith("mount.") and r.status is Status.FAIL for r in bad.results)

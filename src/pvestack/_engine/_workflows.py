@@ -247,7 +247,7 @@ def verify_run(s: Session) -> VerifyReport:
     router = s.router
     if router is not None:  # in-container checks over the guest route
         router.learn(places(desired.stacks, observed))
-        return verify(desired, vmids, s.client.get, router)
+        return verify(desired, vmids, s.client.get, router, node_root=s.root.transport is not None)
     return verify(desired, vmids, s.client.get, s.root.transport)
 
 

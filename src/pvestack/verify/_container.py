@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pvestack._commands import cmd
+from pvestack._model import BindMount
 from pvestack.verify._core import CheckResult, Ctx, Status
 
 # runc 1.3.3 (containerd.io >= 1.7.28-2, November 2025) in an unprivileged LXC on a
@@ -128,6 +129,9 @@ def check_mounts_writable(ctx: Ctx) -> Iterator[CheckResult]:
                 "or `pvestack apply` with root",
             )
             continue
+        if not ctx.node_root:
+            yield _mount_seen_inside(ctx, m, cid, title, inside)
+            continue
         stat = ctx.run(cmd("stat", "-c", "%u:%g", host))
         ctx.run(cmd("rm", "-f", host))
         got = stat.stdout.strip()
@@ -143,6 +147,28 @@ def check_mounts_writable(ctx: Ctx) -> Iterator[CheckResult]:
             else f"the bind mount does not land on {m.host_path} with the mapped owner; "
             "check the mount point and the id map",
         )
+
+
+def _mount_seen_inside(ctx: Ctx, m: BindMount, cid: str, title: str, inside: str) -> CheckResult:
+    """No root on the node (console only): the probe's owner as the container sees it. The
+    host side is the id map's image of it (the config check proved the mount point); the
+    evidence says the node itself was not read."""
+    stat = ctx.run(ctx.pct("stat", "-c", "%u:%g", inside))
+    ctx.run(ctx.pct("rm", "-f", inside))
+    got = stat.stdout.strip()
+    want = f"{m.owner_uid}:{m.owner_gid}"
+    host = f"{ctx.stack.container.idmap.host_uid(m.owner_uid)}:"
+    host += str(ctx.stack.container.idmap.host_gid(m.owner_gid))
+    ok = stat.returncode == 0 and got == want
+    return ctx.result(
+        cid,
+        title,
+        Status.PASS if ok else Status.FAIL,
+        f"probe written as uid {m.owner_uid} inside, owner there {got or stat.stderr.strip()} "
+        f"(want {want}; on the host {host} by the id map: the node itself is not read "
+        "without root on it)",
+        "" if ok else "check the mount point's owner and the id map (pvestack apply)",
+    )
 
 
 def check_docker(ctx: Ctx, image: str | None) -> Iterator[CheckResult]:

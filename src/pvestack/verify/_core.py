@@ -130,8 +130,10 @@ class Ctx:
         secrets: Sequence[Secret],
         *,
         http: Http = http_request,
+        node_root: bool = True,
     ) -> None:
         self.stack = stack
+        self.node_root = node_root and transport is not None  # node commands can run
         self.vmid = vmid
         self.api_get = api_get
         self.transport = transport

@@ -155,8 +155,10 @@ def verify(
     transport: RootTransport | None,
     *,
     http: Http = http_request,
+    node_root: bool = True,
 ) -> VerifyReport:
-    """Run every check for every stack (in file order)."""
+    """Run every check for every stack (in file order). ``node_root`` False: ``transport``
+    reaches the containers only (the console user's guest route), not the node itself."""
     results: list[CheckResult] = []
     for stack in desired.stacks:
         vmid = vmids.get(stack.name)
@@ -173,6 +175,6 @@ def verify(
             )
             continue
         secrets = stack.app.secrets if stack.app else ()
-        ctx = Ctx(stack, vmid, api_get, transport, secrets, http=http)
+        ctx = Ctx(stack, vmid, api_get, transport, secrets, http=http, node_root=node_root)
         results.extend(_stack_checks(ctx))
     return VerifyReport(tuple(results))

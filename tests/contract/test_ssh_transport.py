@@ -25,9 +25,12 @@ from pvestack.executors._base import RootTransport
 from pvestack.executors._ssh import SshSettings, SshTransport, settings_from_config
 
 SSHD = "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(SSHD) and shutil.which("ssh-keygen")), reason="OpenSSH not installed"
-)
+pytestmark = [
+    pytest.mark.contract,
+    pytest.mark.skipif(
+        not (os.path.exists(SSHD) and shutil.which("ssh-keygen")), reason="OpenSSH not installed"
+    ),
+]
 
 
 @dataclass(frozen=True)

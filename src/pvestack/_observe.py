@@ -1,7 +1,8 @@
 """Read the live state with as few API calls as possible, in a time independent of the
 cluster's size.
 
-A stack that names its node and vmid costs two calls: ``GET /nodes/{node}/lxc/{vmid}/pending``
+A stack that names its node and vmid costs two calls (three with a custom id map: its
+raw ``lxc.idmap`` lines are only in ``GET .../config``): ``GET /nodes/{node}/lxc/{vmid}/pending``
 (the config, its pending changes, the description and tags that carry our mark; needs
 ``VM.Audit`` on ``/vms/{vmid}``, as ``status/current``) and ``GET .../status/current``
 (the run state). ``/cluster/resources`` (every guest of the cluster) is read only for
@@ -117,16 +118,23 @@ def config_from_pending(rows: Any) -> tuple[dict[str, str], tuple[str, ...]]:
     return config, tuple(sorted(pending))
 
 
-def _read_ct(client: PveClient, node: str, vmid: int) -> _CtRead | None:
-    """The CT ``vmid`` on ``node``, or None when PVE has no such CT there."""
+def _read_ct(client: PveClient, node: str, vmid: int, *, raw_lxc: bool = False) -> _CtRead | None:
+    """The CT ``vmid`` on ``node``, or None when PVE has no such CT there.
+
+    ``raw_lxc``: also ``GET .../config`` for the raw ``lxc.*`` lines (a custom id map):
+    PVE's ``pending`` leaves them out (``config_with_pending_array`` skips list values).
+    """
     base = f"/nodes/{node}/lxc/{vmid}"
     try:
         rows = client.get(f"{base}/pending")
         status = client.get(f"{base}/status/current")
+        full = client.get(f"{base}/config") if raw_lxc else None
     except (PveNotFoundError, PvePermissionError):
         # not there (or a VM at that vmid, or not visible to the token): ask the cluster
         return None
     config, pending = config_from_pending(rows)
+    if isinstance(full, dict) and full.get("lxc") is not None:
+        config["lxc"] = str(full["lxc"])
     st = status if isinstance(status, dict) else {}
     summary = GuestSummary(
         vmid=vmid,
@@ -160,7 +168,7 @@ class _Session:
         """The guest this stack resolves to: direct for a named vmid, else by the list."""
         ct = spec.container
         if ct.vmid is not None:
-            direct = _read_ct(self.client, ct.node, ct.vmid)
+            direct = _read_ct(self.client, ct.node, ct.vmid, raw_lxc=ct.idmap.custom)
             if direct is not None:
                 return direct.summary, direct
             by_vmid = {g.vmid: g for g in self.guests()}
@@ -177,7 +185,7 @@ class _Session:
             )
         if summary is None or summary.type != "lxc":
             return summary, None
-        read = _read_ct(self.client, summary.node, summary.vmid)
+        read = _read_ct(self.client, summary.node, summary.vmid, raw_lxc=ct.idmap.custom)
         return (read.summary if read else summary), read
 
     def template(self, spec: StackSpec) -> tuple[TemplateSpec | None, bool]:

@@ -334,9 +334,14 @@ def _vmid_finding(
         return Finding(check, Status.PASS, f"{vmid} is free")
     if g.get("type") == "lxc":
         try:
-            owner = mark_owner(api.get(f"/nodes/{g.get('node')}/lxc/{vmid}/config"))
+            cfg = api.get(f"/nodes/{g.get('node')}/lxc/{vmid}/config")
         except PveError:
-            owner = None
+            cfg = None
+        conf = {str(k): str(v) for k, v in cfg.items()} if isinstance(cfg, Mapping) else {}
+        owner = mark_owner(conf)
+        if conf.get("lock"):  # busy (a create pvestack lost track of, or a task): not foreign
+            return Finding(check, Status.WARN, f"{vmid} is locked ({conf['lock']}): apply "
+                           "waits for its task, and says what to run if none runs")  # fmt: skip
         if owner == s.name:
             return Finding(check, Status.PASS, f"{vmid} is this stack's container")
         if adopt:

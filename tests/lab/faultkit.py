@@ -33,6 +33,7 @@ from typing import Any
 import requests
 
 from pvestack._config import parse_config
+from pvestack._desired import build_desired
 from pvestack._engine import RootAccess, apply, connect, destroy, destroy_plan, plan
 
 VMID = 230
@@ -224,15 +225,16 @@ def discover(env: Mapping[str, str], stack_file: Path, node: Node) -> list[Call]
     os.environ.update(env)  # secrets are read from the environment when used
     try:
         cfg = parse_config(stack_file.read_text(), str(stack_file), env=dict(env))
+        desired = build_desired(cfg, env=dict(env))
         client = connect(cfg, on_call=record)
         node.prepare("destroy")  # once through: the template is on the node from now on
         node.prepare("create")
         none = RootAccess(None, "faults: token part only")
-        apply(plan(cfg, client).plan, client, root=none)
+        apply(plan(desired, client).plan, client, root=none)
         phase[0] = "noop"
-        apply(plan(cfg, client).plan, client, root=none)
+        apply(plan(desired, client).plan, client, root=none)
         phase[0] = "destroy"
-        destroy(destroy_plan(cfg, client), client)
+        destroy(destroy_plan(desired, client), client)
     finally:
         os.environ.clear()
         os.environ.update(saved)

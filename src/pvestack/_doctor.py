@@ -91,7 +91,7 @@ class Need:
 
 VM_PRIVS = (
     "VM.Allocate", "VM.Audit", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Disk",
-    "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt", "VM.Snapshot",
+    "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt", "VM.Snapshot", "VM.Backup",
 )  # fmt: skip
 
 

@@ -193,6 +193,7 @@ DEPLOY_PRIVS: dict[str, str] = {
     "VM.Config.Options": "description (the pvestack mark), tags, onboot, ostype, ...",
     "VM.PowerMgmt": "start, shutdown, stop, reboot",
     "VM.Snapshot": "snapshots before risky changes",
+    "VM.Backup": "backups (vzdump) of the container: pvestack backup",
     "Datastore.AllocateSpace": "allocate the rootfs and volumes on the rootdir storage",
     "Datastore.AllocateTemplate": "download the OS template (download-url, aplinfo)",
     "Datastore.Audit": "list the template storage's content",

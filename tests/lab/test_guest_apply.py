@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
 
 from pvelab.control import Lab
@@ -180,7 +181,8 @@ def test_apply_gateway_and_hermes(lab: Lab, env: dict[str, str], tmp_path: Path)
     r = pvestack(env, "apply", "-c", str(stack_file), "--yes", "--no-verify")
     printed += [r.stdout, r.stderr]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    assert 'default: "mock-alt"' in pct(env, f"exec {HERMES} -- cat /opt/hermes/config.yaml")
+    conf = yaml.safe_load(pct(env, f"exec {HERMES} -- cat /opt/hermes/config.yaml"))
+    assert conf["model"]["default"] == "mock-alt"  # the managed key, merged (not re-rendered)
     assert started_at(env, HERMES, "hermes") != hermes_t0
     assert started_at(env, GW, "litellm") == gw_t0
 

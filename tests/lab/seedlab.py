@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
 
 from pvelab.control import Lab
 
@@ -68,17 +68,7 @@ class SeedLab:
     def get(cls, request: pytest.FixtureRequest) -> SeedLab:
         if cls._instance is not None:
             return cls._instance
-        if any(not (IMAGES / t).is_file() for t in TARBALLS):
-            # build them once (cached on this machine): Hermes and LiteLLM from PyPI
-            r = subprocess.run(
-                [str(ROOT / "scripts" / "build-lab-images.sh")],
-                env={**os.environ, "PVESTACK_LAB_DIR": str(IMAGES.parent)},
-                capture_output=True,
-                text=True,
-                timeout=3600,
-                check=False,
-            )
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        ensure_lab_images(TARBALLS)  # built once on this machine when missing
         # one seed lab per test slot at a time (the slot shifts its number, bridge, subnet)
         slot = os.environ.get("PVESTACK_LABTEST_SLOT", "0")
         lock = Path(f"/run/pvestack-labseed-{slot}.lock").open("w")  # noqa: SIM115

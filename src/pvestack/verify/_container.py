@@ -10,6 +10,7 @@ from typing import Any
 
 from pvestack._commands import cmd
 from pvestack._model import BindMount
+from pvestack._pvevalues import split_props
 from pvestack.verify._core import CheckResult, Ctx, Status
 
 # runc 1.3.3 (containerd.io >= 1.7.28-2, November 2025) in an unprivileged LXC on a
@@ -30,19 +31,12 @@ def docker_fix(output: str, vmid: int | None = None) -> str:
 
 
 def _features(value: str | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in (value or "").split(","):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
+    return split_props(value or "")
 
 
 def _mount_target(value: str) -> tuple[str, str]:
-    parts = value.split(",")
-    src = parts[0]
-    mp = next((p[3:] for p in parts[1:] if p.startswith("mp=")), "")
-    return src, mp
+    props = split_props(value, first_key="volume")
+    return props.get("volume", ""), props.get("mp", "")
 
 
 def check_container(ctx: Ctx) -> Iterator[CheckResult]:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pvestack._commands import Secret, Step
+from pvestack._guestfacts import GuestFacts
 from pvestack._pvevalues import parse_tags
 from pvestack._verifyspec import AppFacts
 
@@ -306,8 +307,7 @@ class ObservedStack:
     template_present: bool
     foreign: GuestSummary | None = None  # a guest at the vmid without our mark
     host_paths: tuple[HostPathFact, ...] = ()  # only when root can read the node
-    guest_files: Mapping[str, str | None] = field(default_factory=frozen_map)  # path -> sha256
-    guest_facts: Mapping[str, str] = field(default_factory=frozen_map)
+    guest_facts: GuestFacts | None = None  # None: the guest was not observed
     template: TemplateSpec | None = None  # an appliance resolved through aplinfo
 
 

@@ -434,3 +434,33 @@ def test_docker_ce_refuses_a_key_with_another_fingerprint(
     log = calls.read_text()
     assert f"curl -fsSL {guest.DOCKER_KEY_URL} -o" in log
     assert "docker-ce" not in log  # never reached the install
+
+
+def test_service_and_image_facts_drive_the_up_action() -> None:
+    """Every service running, images present, files in sync: nothing to do; one service
+    exited: compose up, showing each service's state; an unread service is unknown."""
+    spec = hermes_spec()
+    assert spec.app is not None
+    env = next(f for f in spec.app.files if f.merge_env)
+    cfg = next(f for f in spec.app.files if f.merge_yaml)
+    ref = "pvestack-lab/hermes-agent:0.19.0"
+    facts = GuestFacts(
+        docker=DockerFact.OK,
+        compose=ComposeFact.PLUGIN,
+        images={ref: ImageFact.PRESENT},
+        files={
+            f.path: guest.file_want(f) for f in spec.app.files if not (f.merge_env or f.merge_yaml)
+        },
+        managed={env.path: ManagedFact(guest.managed_sha256(env))},
+        yaml={cfg.path: guest.yaml_want(cfg)},
+        services={s: ServiceFact("running", ref) for s in spec.app.services},
+    )
+    assert guest.guest_actions(spec, running(facts), VMID) == ()
+    exited = replace(facts, services={**facts.services, "hermes": ServiceFact("exited", ref)})
+    (up,) = guest.guest_actions(spec, running(exited), VMID)
+    assert up.id == "hermes:guest:up" and up.before["hermes"] == "exited"
+    (up,) = guest.guest_actions(spec, running(replace(facts, services={})), VMID)
+    assert set(up.before.values()) == {"unknown"}
+    missing = replace(facts, images={ref: ImageFact.MISSING})
+    ids = [a.id for a in guest.guest_actions(spec, running(missing), VMID)]
+    assert ids == [f"hermes:guest:image:{ref}", "hermes:guest:up"]

@@ -628,12 +628,10 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
             )
         )
 
-    states = {
-        s: _text(seen.services[s].state if s in seen.services else None) for s in app.services
-    }
-    services_ok = known and all(v == "running" for v in states.values())
+    services = {s: seen.services.get(s) for s in app.services}
+    services_ok = known and all(v is not None and v.state == "running" for v in services.values())
     if changed_files or missing_images or not docker_ok or not services_ok:
-        before = states
+        before = {s: _text(v.state if v is not None else None) for s, v in services.items()}
         actions.append(
             Action(
                 id=f"{stack.name}:guest:up",

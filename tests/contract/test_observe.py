@@ -149,7 +149,7 @@ def test_lock_create_without_a_task_says_pct_unlock_never_adopt(
 ) -> None:
     server, node, _ = lab
     with node.locked():
-        node._write(VMID, CtConf(Section({"lock": "create"})))  # a create whose task died
+        node.write_conf(VMID, CtConf(Section({"lock": "create"})))  # a create whose task died
     with pytest.raises(GuestLockedError) as ei:
         observe(lab_client(server), desired())
     text = f"{ei.value} {ei.value.hint}"

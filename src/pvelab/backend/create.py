@@ -53,7 +53,7 @@ class NewCt:
     unprivileged: bool
 
 
-def create(guests: Guests, params: Mapping[str, Any], who: Identity) -> str:
+def create_ct(guests: Guests, params: Mapping[str, Any], who: Identity) -> str:
     v = validate(method_schema("/nodes/{node}/lxc", "POST"), {"node": guests.name, **params})
     if v.get("restore"):
         return vzdump.restore(guests, v, who)

@@ -212,7 +212,7 @@ class Node:
     def create(self, params: Mapping[str, Any], *, user: str | Identity = ROOT) -> str:
         """``POST /nodes/{node}/lxc``: the config locked ``create``, then a ``vzcreate``
         task (or, with ``restore=1``, a ``vzrestore`` one)."""
-        return create.create(self.guests, params, as_identity(user))
+        return create.create_ct(self.guests, params, as_identity(user))
 
     def set_config(
         self,

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lab_daytwo import ExtractOnlyRuntime
 from test_lab_doctor import BRIDGE, NODE, SECRET, TEMPLATE, Served, served
 from typer.testing import CliRunner
 
+from labstub import ExtractOnlyRuntime
 from pvelab.backend.privileges import DEPLOY_PRIVS, DEPLOY_ROLE, DEPLOY_TOKEN
 from pvestack._engine import runc_guard
 from pvestack._model import ActionKind, DesiredState, ObservedStack, Plan, StackSpec

@@ -12,11 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import io
 import json
 import shutil
 import ssl
-import tarfile
 import threading
 import time
 import urllib.parse
@@ -28,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from labstub import make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.aplinfo import Appliance, render_index
 from pvelab.backend.node import Node
@@ -86,19 +85,11 @@ class Served:
             return json.loads(r.read())["data"]
 
 
-def _tiny_template(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as t:
-        data = b"PRETTY_NAME=lab\n"
-        info = tarfile.TarInfo("./etc/os-release")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     www = tmp_path / "www"
     www.mkdir()
-    _tiny_template(www / TEMPLATE)
+    make_template(www / TEMPLATE, {"./etc/os-release": b"PRETTY_NAME=lab\n"})
     sha = hashlib.sha512((www / TEMPLATE).read_bytes()).hexdigest()
     (www / "aplinfo.dat").write_text(
         render_index(

@@ -4,18 +4,15 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from labstub import StubRuntime
 from test_lab_backend_node import OSTEMPLATE, TEMPLATE, make_template
 
+from labstub import StubRuntime
 from pvelab.api.server import LabApiServer
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.node import Node

@@ -1,10 +1,12 @@
-"""An in-memory lab runtime for the backend's unit tests (no root, no LXC).
+"""In-memory lab runtimes for the backend's unit and contract tests (no root, no LXC),
+and small template tarballs for them (importable by any test: tests/ is on sys.path).
 
-It records what the node asked of it; the real runtime is tested in tests/lab.
+They record what the node asked of them; the real runtime is tested in tests/lab.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -74,3 +76,49 @@ class StubRuntime:
 
     def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
         return pve_interfaces(json.loads(STUB_IP_JSON)) if vmid in self.running else None
+
+
+class ExtractOnlyRuntime(StubRuntime):
+    """Archives are really extracted (tarfile); start/stop only flip a state; a running CT
+    has no pid and answers with one eth0 on 10.77.5.50."""
+
+    def pid(self, vmid: int) -> int | None:
+        return None
+
+    def destroy(self, vmid: int) -> None:
+        super().destroy(vmid)
+        self.running.pop(vmid, None)
+
+    def ip_address(self, vmid: int) -> str | None:
+        return "10.77.5.50" if vmid in self.running else None
+
+    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
+        if vmid not in self.running:
+            return None  # PVE answers null for a stopped CT
+        rows = [
+            {"ifname": "lo", "address": "00:00:00:00:00:00",
+             "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+            {"ifname": "eth0", "address": "bc:24:11:00:00:05",
+             "addr_info": [{"family": "inet", "local": "10.77.5.50", "prefixlen": 24}]},
+        ]  # fmt: skip
+        return pve_interfaces(rows)
+
+
+#: what the small test templates hold unless a test says otherwise
+TEMPLATE_FILES: Mapping[str, bytes] = {
+    "./etc/hostname": b"localhost\n",
+    "./etc/os-release": b"ID=debian\n",
+}
+
+
+def make_template(
+    path: Path, files: Mapping[str, bytes] = TEMPLATE_FILES, mode: int = 0o644
+) -> Path:
+    """A ``.tar.gz`` template at ``path`` (its directory made) with these regular files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            t.addfile(info, io.BytesIO(data))
+    return path

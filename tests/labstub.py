@@ -104,6 +104,10 @@ class ExtractOnlyRuntime(StubRuntime):
         return pve_interfaces(rows)
 
 
+#: the name the test templates go by (PVE's Debian 12 appliance), and its volume id
+TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
+OSTEMPLATE = f"local:vztmpl/{TEMPLATE}"
+
 #: what the small test templates hold unless a test says otherwise
 TEMPLATE_FILES: Mapping[str, bytes] = {
     "./etc/hostname": b"localhost\n",

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from labstub import ExtractOnlyRuntime, make_template
+from labstub import TEMPLATE, ExtractOnlyRuntime, make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.auth import Identity
 from pvelab.backend.node import Node
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.contract
 NODE = "pve"
 TOKEN_ID = "pvestack@pve!deploy"
 SECRET = "daytwo-contract"
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 PRIVS = (
     "VM.Allocate", "VM.Audit", "VM.Config.Disk", "VM.Config.Options", "VM.Config.Network",
     "VM.Config.Memory", "VM.PowerMgmt", "VM.Snapshot", "VM.Backup", "Datastore.AllocateSpace",

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_lab_backend_node import OSTEMPLATE, TEMPLATE, make_template
 
-from labstub import StubRuntime
+from labstub import OSTEMPLATE, TEMPLATE, StubRuntime, make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.node import Node

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from labstub import StubRuntime, make_template
+from labstub import OSTEMPLATE, TEMPLATE, StubRuntime, make_template
 from pvelab.backend.auth import Identity
 from pvelab.backend.errors import PveError
 from pvelab.backend.node import Node
 
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
-OSTEMPLATE = f"local:vztmpl/{TEMPLATE}"
 TOKEN = Identity("pvestack@pve", "deploy")
 
 

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labstub import StubRuntime, make_template
+from labstub import TEMPLATE, StubRuntime, make_template
 from pvelab.backend.node import Node
 from pvelab.pct import main, run
-
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 
 
 @pytest.fixture

@@ -248,18 +248,16 @@ def test_aplinfo_download_refuses_a_changed_file(served: Served) -> None:
         c.post(f"/nodes/{NODE}/aplinfo", storage="local", template=TEMPLATE)
 
 
-def test_cli_doctor_exit_codes_and_json(
-    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner  # noqa: PLC0415
-
-    from pvestack.cli import app  # noqa: PLC0415
-
+def stack_file(
+    served: Served, path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = ""
+) -> Path:
+    """A stack file for one CT (105) on the served node from its template, the deploy
+    token's secret in the environment and no other PVESTACK_* that could override it;
+    ``extra`` goes after ``[root]``."""
     sha = hashlib.sha512((served.www / TEMPLATE).read_bytes()).hexdigest()
-    stack = tmp_path / "stack.toml"
-    stack.write_text(
+    path.write_text(
         f'[pve]\napi_url = "{served.server.url}"\ntoken_id = "{DEPLOY_TOKEN}"\n'
-        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n'
+        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n{extra}'
         f'[[stack]]\nname = "hermes"\nnode = "{NODE}"\nvmid = 105\nhostname = "hermes"\n'
         'memory = 2048\ndatastore = "local-lvm"\ndisk_gb = 8\n'
         f'[stack.network]\nbridge = "{BRIDGE}"\n'
@@ -270,6 +268,17 @@ def test_cli_doctor_exit_codes_and_json(
     for k in ("PVESTACK_API_URL", "PVESTACK_TOKEN_ID", "PVESTACK_FINGERPRINT", "PVESTACK_NODE",
               "PVESTACK_ROOT_VIA", "PVESTACK_CA_FILE"):  # fmt: skip
         monkeypatch.delenv(k, raising=False)
+    return path
+
+
+def test_cli_doctor_exit_codes_and_json(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from pvestack.cli import app  # noqa: PLC0415
+
+    stack = stack_file(served, tmp_path / "stack.toml", monkeypatch)
     runner = CliRunner()
     ok = runner.invoke(app, ["doctor", "-c", str(stack)])
     assert ok.exit_code == 0, ok.output

@@ -15,35 +15,34 @@ import os
 import pty
 import select
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import (
+    PVESTACK,
+    ROOT_MARKER,
+    SPLIT_IDMAP,
+    STACK_LAB_CT,
+    STACK_PVE,
+    closed_port,
+    extract_script,
+    pvestack,
+    running_lab,
+    ssh,
+)
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-MARKER = "PVESTACK-ROOT-STEPS-DONE"
 VMID = 251
-IDMAP = [
-    "u 0 100000 10000", "u 10000 165535 1", "u 10001 110001 55534",
-    "g 0 100000 10000", "g 10000 165535 1", "g 10001 110001 55534",
-]  # fmt: skip
+IDMAP = SPLIT_IDMAP
 
-STACK = """
-[pve]
-api_url = "${{PVESTACK_API_URL}}"
-token_id = "${{PVESTACK_TOKEN_ID}}"
-token_secret = {{ env = "PVESTACK_TOKEN_SECRET" }}
-fingerprint = "${{PVESTACK_FINGERPRINT:-}}"
-
+STACK = (
+    STACK_PVE
+    + """
 [root]
 via = "console"
 
@@ -51,65 +50,20 @@ via = "console"
 host = "127.0.0.1"
 port = {closed}
 key_file = "/nonexistent/key"
-
-[[stack]]
-name = "{name}"
-node = "${{PVESTACK_NODE}}"
-vmid = {vmid}
-memory = 512
-swap = 0
-disk_gb = 2
-datastore = "${{PVESTACK_LAB_ROOTDIR_STORAGE}}"
-features = {{ nesting = true, keyctl = true }}
-idmap = {idmap}
-
-[stack.network]
-bridge = "${{PVESTACK_LAB_BRIDGE}}"
-ipv4 = "dhcp"
-
-[stack.template]
-storage = "local"
-url = "${{PVESTACK_LAB_TEMPLATE_URL}}"
-checksum = "${{PVESTACK_LAB_TEMPLATE_SHA512}}"
-checksum_algorithm = "sha512"
 """
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+    + STACK_LAB_CT
+)
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = make_lab(host_tmpdir("pvestack-labconsole-"), 5)
-    try:
-        lab.up(install=False)
+    with running_lab("pvestack-labconsole-", 5) as lab:
         yield lab
-    finally:
-        lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
 def env(lab: Lab) -> dict[str, str]:
     return {**os.environ, **lab.env()}
-
-
-def pvestack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=1200, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def extract_script(stdout: str) -> str:
-    start = stdout.index("#!/usr/bin/env bash")
-    call = "pvestack_root_steps </dev/null"
-    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
-    return stdout[start:end] + "\n"
 
 
 def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Path) -> None:
@@ -143,7 +97,7 @@ def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Pat
     # the operator pastes it into the node's shell (root on the lab node)
     pasted = ssh(env, "bash -s", 900, stdin=script)
     assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-    assert pasted.stdout.rstrip().splitlines()[-1] == MARKER
+    assert pasted.stdout.rstrip().splitlines()[-1] == ROOT_MARKER
     cfg = ssh(env, f"pct config {VMID}", 60).stdout
     assert "pvestack-hostkey: SHA256:" in cfg.replace("%3A", ":").replace("%20", " ")
 

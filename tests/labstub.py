@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pvelab.pct import wrapper_script
 from pvelab.runtime.lxc import pve_interfaces
 from pvelab.runtime_protocol import ExecResult
 
@@ -126,3 +128,25 @@ def make_template(
             info.size, info.mode = len(data), mode
             t.addfile(info, io.BytesIO(data))
     return path
+
+
+def pct_node(tmp: Path, conf: str, exec_line: str | None = None) -> tuple[Path, Path]:
+    """A lab node dir ``tmp/lab`` holding CT 118 (``conf``, stopped) and ``tmp/bin`` with the
+    lab's real ``pct`` for it; with ``exec_line``, ``pct exec`` only prints that line (no
+    container runs here) and the real one is ``pct-lab``. Returns (lab dir, bin dir)."""
+    lab = tmp / "lab"
+    (lab / "etc" / "pve" / "lxc").mkdir(parents=True)
+    (lab / "etc" / "pve" / "lxc" / "118.conf").write_text(conf)
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    real = bin_dir / ("pct" if exec_line is None else "pct-lab")
+    real.write_text(wrapper_script(sys.executable, lab))
+    real.chmod(0o755)
+    if exec_line is not None:
+        (bin_dir / "pct").write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = exec ]; then echo "{exec_line}"; exit 0; fi\n'
+            f'exec {real} "$@"\n'
+        )
+        (bin_dir / "pct").chmod(0o755)
+    return lab, bin_dir

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -122,6 +125,49 @@ def extract_script(stdout: str) -> str:
     call = "pvestack_root_steps </dev/null"
     end = stdout.index(call, stdout.index(f"echo {ROOT_MARKER}", start)) + len(call)
     return stdout[start:end] + "\n"
+
+
+def _read_until(fd: int, buf: bytes, done: bytes | None, deadline: float) -> bytes:
+    """Read the child's terminal until ``done`` shows (None: until it closes)."""
+    while done is None or done not in buf:
+        assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
+        r, _, _ = select.select([fd], [], [], 5)
+        if not r:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return buf
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def apply_on_a_terminal(
+    args: list[str], run_env: dict[str, str], ssh_env: dict[str, str], timeout: float = 900
+) -> tuple[int, str]:
+    """``pvestack ARGS`` on a terminal (a pty): read until the printed script ends, paste
+    the script into root's shell on the node (over its SSH, as the user would), read until
+    pvestack exits. Returns its exit code and everything it wrote (``\\n`` line ends)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pvestack with a terminal on stdin/stdout
+        os.execve(PVESTACK, [PVESTACK, *args], run_env)
+    deadline = time.monotonic() + timeout
+    try:
+        buf = _read_until(fd, b"", b"# --- end of script ---", deadline)
+        text = buf.decode(errors="replace").replace("\r\n", "\n")
+        pasted = ssh(ssh_env, "bash -s", 900, stdin=extract_script(text))
+        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+        buf = _read_until(fd, buf, None, deadline)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGTERM)  # our own child, by pid
+            os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), buf.decode(errors="replace").replace("\r\n", "\n")
 
 
 def wait_systemd(lab: Lab, vmid: int, timeout: float = 120) -> None:

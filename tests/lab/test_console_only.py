@@ -12,20 +12,16 @@ alone over the CT's own SSH (pinned to the recorded key) and verify is green; a 
 from __future__ import annotations
 
 import os
-import pty
-import select
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from labkit import (
-    PVESTACK,
     ROOT_MARKER,
     SPLIT_IDMAP,
     STACK_LAB_CT,
     STACK_PVE,
+    apply_on_a_terminal,
     closed_port,
     extract_script,
     pvestack,
@@ -114,23 +110,6 @@ def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Pat
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def read_until(fd: int, buf: bytes, done: bytes | None, deadline: float) -> bytes:
-    """Read the child's terminal until ``done`` shows (None: until it closes)."""
-    while done is None or done not in buf:
-        assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-        r, _, _ = select.select([fd], [], [], 5)
-        if not r:
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            return buf
-        if not chunk:
-            return buf
-        buf += chunk
-    return buf
-
-
 def test_on_a_terminal_apply_waits_for_the_record_then_goes_on(
     lab: Lab, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -142,24 +121,7 @@ def test_on_a_terminal_apply_waits_for_the_record_then_goes_on(
     idmap = "[" + ", ".join(f'"{line}"' for line in IDMAP) + "]"
     f = tmp_path / "tty.toml"
     f.write_text(STACK.format(closed=closed_port(), vmid=VMID + 1, idmap=idmap, name="viatty"))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: pvestack with a terminal
-        os.execve(PVESTACK, [PVESTACK, "apply", "-c", str(f)], run_env)
-    deadline = time.monotonic() + 900
-    try:
-        buf = read_until(fd, b"", b"# --- end of script ---", deadline)
-        text = buf.decode(errors="replace").replace("\r\n", "\n")
-        pasted = ssh(env, "bash -s", 900, stdin=extract_script(text))
-        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-        buf = read_until(fd, buf, None, deadline)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGTERM)  # our own child, by pid
-            os.waitpid(pid, 0)
-        os.close(fd)
-    text = buf.decode(errors="replace").replace("\r\n", "\n")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    code, text = apply_on_a_terminal(["apply", "-c", str(f)], run_env, env)
+    assert code == 0, text[-3000:]
     assert "root steps done" in text.split("# --- end of script ---", 1)[1], text[-3000:]
     assert "SSH to 127.0.0.1" not in text

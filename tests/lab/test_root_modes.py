@@ -8,22 +8,18 @@ directories' owners (computed from that map, not the seed's values) and mode, ru
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from labkit import (
-    PVESTACK,
     ROOT_MARKER,
     SPLIT_IDMAP,
     STACK_LAB_CT,
     STACK_PVE,
+    apply_on_a_terminal,
     extract_script,
     host_tmpdir,
     pvestack,
@@ -207,42 +203,9 @@ def test_console_hand_off_waits_on_a_terminal(
     """On a terminal, apply prints the script, waits until the API shows its effects
     (polling), then carries on and finishes with exit 0 in the same run."""
     f = write_stack(tmp_path, data, "console", "viatty", 243)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: pvestack with a terminal on stdin/stdout
-        os.execve(PVESTACK, [PVESTACK, "apply", "-c", str(f), "--no-verify"], env)
-    buf = b""
-    try:
-        deadline = time.monotonic() + 600
-        while b"# --- end of script ---" not in buf:
-            assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-            r, _, _ = select.select([fd], [], [], 5)
-            if r:
-                buf += os.read(fd, 65536)
-        text = buf.decode(errors="replace").replace("\r\n", "\n")
-        assert "waiting for the root steps" not in text.split("#!/usr/bin/env bash")[0]
-        pasted = ssh(env, "bash -s", 900, stdin=extract_script(text))
-        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-        while True:
-            assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-            r, _, _ = select.select([fd], [], [], 5)
-            if not r:
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            buf += chunk
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGTERM)  # our own child, by pid
-            os.waitpid(pid, 0)
-        os.close(fd)
-    text = buf.decode(errors="replace").replace("\r\n", "\n")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    code, text = apply_on_a_terminal(["apply", "-c", str(f), "--no-verify"], env, env, 600)
+    assert code == 0, text[-3000:]
+    assert "waiting for the root steps" not in text.split("#!/usr/bin/env bash")[0]
     after = text.split("# --- end of script ---", 1)[1]
     assert "root steps done: the node shows their effects" in after
     assert env["PVESTACK_TOKEN_SECRET"] not in text

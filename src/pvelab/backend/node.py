@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -93,9 +92,6 @@ class Node:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """The node-wide lock (threads of this process and other processes, e.g. pct)."""
         return self.store.locked()
-
-    def conf_path(self, vmid: int) -> Path:
-        return self.store.path(vmid)
 
     def vmids(self) -> list[int]:
         return self.store.vmids()
@@ -293,6 +289,3 @@ class Node:
         shutil.rmtree(self.tasks.root, ignore_errors=True)
         self.reset_faults()
         self.packages.reset()
-
-    def new_token(self, tokenid: str, *, privsep: bool = False) -> str:
-        return self.auth.add_token(tokenid, secrets.token_hex(16), privsep=privsep)

@@ -680,6 +680,90 @@ def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
         )
 
 
+# ---------------------------------------------------------------- logs, shell
+# Thin wrappers over pvestack._engine._logs (the guest route of the stack file).
+
+
+@_command(common=(*_CONNECTION, "root_via"))
+def logs(
+    opts: "Options",
+    stack: StackArg,
+    service: Annotated[str | None, typer.Argument(help="one service (default: all)")] = None,
+    *,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing (Ctrl-C)")] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="from: 10m, 1h30m, 2026-12-02T07:00:00Z")
+    ] = None,
+    tail: Annotated[
+        int | None, typer.Option("--tail", help="the last N lines per container", min=0)
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="one JSON object a line: service, time, message")
+    ] = False,
+) -> None:
+    """The app's `docker compose logs` in the stack's container (over the guest route).
+    Exit 0, 1 on an error, 130 after Ctrl-C."""
+    from pvestack._engine import logs_run  # noqa: PLC0415
+    from pvestack._steps.logs import LogLine  # noqa: PLC0415
+
+    def line(x: "str | LogLine") -> None:
+        if json_out:
+            data = x.to_json() if isinstance(x, LogLine) else {"service": None, "time": None,
+                                                               "message": x}  # fmt: skip
+            sys.stdout.write(json.dumps(data) + "\n")
+        else:
+            _say(f"{x.service} | {x.message}" if isinstance(x, LogLine) else x)
+        sys.stdout.flush()
+
+    body = lambda s: logs_run(  # noqa: E731
+        s, stack, service=service, follow=follow, since=since, tail=tail, json=json_out,
+        on_line=line, on_error=lambda t: _say(t, stderr=True),
+    )  # fmt: skip
+    try:
+        _run(opts, body)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@_command(
+    common=(*_CONNECTION, "root_via"),
+)
+def shell(
+    opts: "Options",
+    stack: StackArg,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="after --: run this command, no terminal")
+    ] = None,
+) -> None:
+    """A root shell in the stack's container, like `pct enter` (over the guest route:
+    the CT's own SSH, or `pct enter` through the node's root SSH). Needs a terminal;
+    `pvestack shell STACK -- CMD ARGS...` runs one command without one. Exits with the
+    shell's (or the command's) exit status."""
+    import os  # noqa: PLC0415
+
+    from pvestack._engine import Terminal, shell_run  # noqa: PLC0415
+
+    term = None
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        term = Terminal(sys.stdin.fileno(), sys.stdout.fileno(), os.environ.get("TERM", "xterm"))
+
+    def out(stream: Any) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:  # the command's own bytes, as `ssh HOST CMD` does
+            stream.buffer.write(data)
+            stream.flush()
+
+        return write
+
+    sys.stdout.flush()
+    code = _run(
+        opts,
+        lambda s: shell_run(
+            s, stack, command or [], term, on_stdout=out(sys.stdout), on_stderr=out(sys.stderr)
+        ),
+    )
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

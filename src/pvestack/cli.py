@@ -452,9 +452,11 @@ def destroy(opts: "Options", *, json_out: JsonOpt = False, yes: YesOpt = False) 
 @_command(common=(*_CONNECTION, "root_via"))
 def verify(opts: "Options", *, json_out: JsonOpt = False) -> None:
     """Check that the deployed stacks work (the seed's checklist, with evidence)."""
-    from pvestack._engine import verify_run  # noqa: PLC0415
+    from pvestack._engine import verify_and_record_run  # noqa: PLC0415
 
-    report = _run(opts, verify_run)
+    report, notes = _run(opts, verify_and_record_run)  # the result is kept in each CT
+    for n in notes:
+        _say(f"warning: {n}", stderr=True, style="bold yellow")
     if json_out:
         _print_json(report.to_json())
     else:
@@ -656,18 +658,13 @@ def backups(
         _say(f"restore (as root on the node): {cmd}")
 
 
-@_command(common=_CONNECTION)
+@_command(common=(*_CONNECTION, "root_via"))
 def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
-    """One line per stack: CT state, addresses, uptime, pvestack snapshots."""
-    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+    """One line per stack: CT state, addresses, uptime, pvestack snapshots; then its app's
+    services (state, health, running vs wanted image) and the last verify (kept in the CT)."""
+    from pvestack._engine import status_run  # noqa: PLC0415
 
-    def body(s: "Session") -> list[Any]:
-        return [
-            daytwo.stack_status(s.client, st.name, st.container.node, st.container.vmid)
-            for st in s.containers.stacks
-        ]
-
-    rows = _run(opts, body)
+    rows = _run(opts, status_run)
     if json_out:
         _print_json([r.to_json() for r in rows])
         return
@@ -678,6 +675,19 @@ def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
             f"up {r.uptime_s}s  snapshots {len(r.snapshots)}"
             + (f"  lock {r.lock}" if r.lock else "")
         )
+        if r.apps is None:
+            continue
+        for svc in r.apps.services:
+            image = svc.running_image + (
+                f" (wanted {svc.wanted_image})"
+                if svc.wanted_image and svc.wanted_image != svc.running_image
+                else ""
+            )
+            health = f" {svc.health}" if svc.health else ""
+            _say(f"  service {svc.name:<12} {svc.state}{health:<10} {image}")
+        _say(f"  last verify: {r.apps.last_verify or 'none recorded'}")
+        if r.apps.error:
+            _say(f"  app: {r.apps.error}", style="yellow")
 
 
 # ---------------------------------------------------------------- logs, shell

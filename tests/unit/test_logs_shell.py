@@ -290,3 +290,60 @@ def test_logs_json_lines_shape() -> None:
     line = LogLine("hermes", "x", None)
     assert json.loads(json.dumps(line.to_json())) == {
         "service": "hermes", "time": None, "message": "x"}  # fmt: skip
+
+
+# ---------------------------------------------------------------- status: the app side
+
+
+def test_the_app_status_program_and_its_parser(tmp_path: Path) -> None:
+    from pvestack._engine._status import APP_STATUS, parse_app_status  # noqa: PLC0415
+
+    b = _bin(tmp_path)
+    (b / "docker").write_text(
+        "#!/bin/sh\n"
+        'printf "hermes\\trunning\\tlab/hermes:0.19.0\\tUp 3 minutes (healthy)\\n"\n'
+        'printf "dashboard\\texited\\tlab/hermes:0.18.2\\tExited (1) 2 minutes ago\\n"\n'
+    )
+    rec = tmp_path / "last.json"
+    rec.write_text('{"ok": true, "at": "2026-12-02T07:00:00Z", "passed": 9, "failed": 0, '
+                   '"unverified": 0}\n')  # fmt: skip
+    p = subprocess.run(
+        [str(b / "sh"), "-c", APP_STATUS, "sh", "hermes-stack", str(rec)],
+        env={"PATH": str(b)}, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    st = parse_app_status(
+        p.stdout, {"hermes": "lab/hermes:0.19.0", "dashboard": "lab/hermes:0.19.0"}
+    )
+    assert [(x.name, x.state, x.health, x.running_image, x.wanted_image) for x in st.services] == [
+        ("dashboard", "exited", "", "lab/hermes:0.18.2", "lab/hermes:0.19.0"),
+        ("hermes", "running", "healthy", "lab/hermes:0.19.0", "lab/hermes:0.19.0"),
+    ]
+    assert st.last_verify == "ok at 2026-12-02T07:00:00Z (9 pass, 0 fail, 0 unverified)"
+    assert parse_app_status("#last-verify\n", {}).last_verify == ""
+    assert parse_app_status("#last-verify\n{broken", {}).last_verify == "unreadable"
+    assert "docker does not answer" in parse_app_status("#no-docker\n#last-verify\n", {}).error
+
+
+def test_the_verify_record_travels_on_stdin_and_counts_per_stack() -> None:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from pvestack._engine._status import (  # noqa: PLC0415
+        LAST_VERIFY,
+        record_step,
+        verify_counts,
+        verify_record,
+    )
+    from pvestack.verify import CheckResult, Status, VerifyReport  # noqa: PLC0415
+
+    rec = verify_record(False, 3, 1, 0, datetime(2026, 12, 2, 7, 0, 5, 123, tzinfo=UTC))
+    assert json.loads(rec) == {"ok": False, "at": "2026-12-02T07:00:05Z", "passed": 3,
+                               "failed": 1, "unverified": 0}  # fmt: skip
+    step = record_step(118, rec)
+    (c,) = step.commands
+    assert c.argv[:4] == ("pct", "exec", "118", "--") and c.argv[-1] == LAST_VERIFY
+    assert c.stdin is not None and c.stdin.reveal().decode() == rec
+    mk = lambda stack, st: CheckResult(stack, "id", "t", st, "")  # noqa: E731
+    report = VerifyReport((mk("a", Status.PASS), mk("a", Status.FAIL), mk("b", Status.PASS),
+                           mk("b", Status.UNVERIFIED), mk("b", Status.SKIP)))  # fmt: skip
+    assert verify_counts(report) == {"a": (1, 1, 0), "b": (1, 0, 1)}

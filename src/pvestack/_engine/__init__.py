@@ -40,6 +40,7 @@ from pvestack._engine._session import (
     open_root,
     ssh_settings,
 )
+from pvestack._engine._status import status_run, verify_and_record_run
 from pvestack._engine._workflows import (
     ApplyHooks,
     ApplyRun,
@@ -104,5 +105,7 @@ __all__ = [
     "runc_guard",
     "shell_run",
     "ssh_settings",
+    "status_run",
+    "verify_and_record_run",
     "verify_run",
 ]

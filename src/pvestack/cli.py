@@ -765,12 +765,15 @@ def shell(
         return write
 
     sys.stdout.flush()
-    code = _run(
-        opts,
-        lambda s: shell_run(
-            s, stack, command or [], term, on_stdout=out(sys.stdout), on_stderr=out(sys.stderr)
-        ),
-    )
+    try:
+        code = _run(
+            opts,
+            lambda s: shell_run(
+                s, stack, command or [], term, on_stdout=out(sys.stdout), on_stderr=out(sys.stderr)
+            ),
+        )
+    except KeyboardInterrupt:  # Ctrl-C during `-- CMD` (a terminal session passes it on)
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 

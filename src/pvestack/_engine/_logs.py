@@ -15,7 +15,6 @@ logs print.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -65,7 +64,7 @@ class Route:
         op = in_container(command, vmid)
         if not isinstance(op, GuestRun) or op.stdin is not None:
             raise ValueError("only a plain command runs in an interactive session")
-        return shlex.join(op.argv)
+        return Command(op.argv).line  # each word through _commands.quote
 
 
 def stack_spec(s: Session, name: str, *, with_app: bool) -> StackSpec:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from examplekit import EXAMPLE
 from typer.testing import CliRunner
 
+from examplekit import EXAMPLE
 from pvestack._config import StackFile
 from pvestack.cli import app
 

@@ -5,7 +5,8 @@ then, through the CLI as a user runs it:
 * ``status`` / ``status --json``: the CT running at its address, the service ``litellm``
   running the wanted image, the last verify (kept in the CT by ``verify``);
 * ``logs`` / ``logs --json`` / ``--tail`` / ``--since`` (Debian's compose v1 has no
-  ``--since``: the tagged path) show the gateway's output; an unknown service is exit 1;
+  ``--since``: the tagged path) show the gateway's output, over the CT's own SSH and
+  through the node's ``pct exec``; an unknown service is exit 1;
   ``logs -f`` stops on Ctrl-C (SIGINT) with exit 130 and leaves no reader in the CT;
 * ``shell`` on a real pty (python's ``pty``): ``echo $((6*7)); exit 3`` shows 42 and
   exits 3, over the CT's own SSH and over ``pct enter`` through the node's root SSH;
@@ -181,6 +182,9 @@ def test_status_logs_shell_backup_restore(lab: Lab, env: dict[str, str], tmp_pat
     assert all(re.match(r"\d{4}-\d\d-\d\dT", x["time"] or "") for x in rows), rows[:3]
     r = pvestack(env, "logs", "gateway", "--since", "1h", "-c", f)
     assert r.returncode == 0 and r.stdout.startswith("litellm | "), r.stdout + r.stderr
+    pct_env = {**env, "PVESTACK_TEST_GUEST_VIA": "pct"}  # through the node: pct exec
+    r = pvestack(pct_env, "logs", "gateway", "--json", "--tail", "1", "-c", f)
+    assert r.returncode == 0 and json.loads(r.stdout)["service"] == "litellm", r.stdout + r.stderr
     r = pvestack(env, "logs", "gateway", "web", "-c", f)
     assert r.returncode == 1 and "no service 'web'" in r.stderr, r.stderr
 

@@ -747,8 +747,8 @@ def shell(
 ) -> None:
     """A root shell in the stack's container, like `pct enter` (over the guest route:
     the CT's own SSH, or `pct enter` through the node's root SSH). Needs a terminal;
-    `pvestack shell STACK -- CMD ARGS...` runs one command without one. Exits with the
-    shell's (or the command's) exit status."""
+    `pvestack shell STACK -- CMD ARGS...` runs one command without one (piped stdin goes
+    to it). Exits with the shell's (or the command's) exit status."""
     import os  # noqa: PLC0415
 
     from pvestack._engine import Terminal, shell_run  # noqa: PLC0415
@@ -764,12 +764,20 @@ def shell(
 
         return write
 
+    # `-- CMD` with piped input (`< file`, `| ...`): copied to CMD; a terminal's is not read
+    piped = sys.stdin.buffer if command and not sys.stdin.isatty() else None
     sys.stdout.flush()
     try:
         code = _run(
             opts,
             lambda s: shell_run(
-                s, stack, command or [], term, on_stdout=out(sys.stdout), on_stderr=out(sys.stderr)
+                s,
+                stack,
+                command or [],
+                term,
+                on_stdout=out(sys.stdout),
+                on_stderr=out(sys.stderr),
+                stdin=piped,
             ),
         )
     except KeyboardInterrupt:  # Ctrl-C during `-- CMD` (a terminal session passes it on)

@@ -13,6 +13,8 @@ test_ssh_transport: own keys and config in a temp dir, stopped by pid):
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import os
 import pty
 import re
@@ -60,6 +62,17 @@ def test_stream_hands_on_both_streams_and_the_exit_status(root: SshTransport) ->
         on_stdout=out.extend, on_stderr=err.extend,
     )  # fmt: skip
     assert (code, bytes(out), bytes(err)) == (5, b"out\n", b"err\n")
+
+
+def test_piped_stdin_reaches_the_command_then_eof(root: SshTransport) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    out = bytearray()
+    code = stream(
+        root.ssh_client, "sha256sum", on_stdout=out.extend, on_stderr=out.extend,
+        stdin=io.BytesIO(data),
+    )  # fmt: skip
+    digest = hashlib.sha256(data).hexdigest()
+    assert code == 0 and out.decode().split() == [digest, "-"], out  # all of it, then EOF
 
 
 def test_ctrl_c_in_a_follow_ends_the_remote_follower(root: SshTransport, tmp_path: Path) -> None:

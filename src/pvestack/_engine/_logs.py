@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pvestack._commands import Command, Secret, mask
 from pvestack._daytwo import Guest, find_guest
@@ -204,10 +204,12 @@ def shell_run(
     *,
     on_stdout: Callable[[bytes], None],
     on_stderr: Callable[[bytes], None],
+    stdin: BinaryIO | None = None,
 ) -> int:
     """A shell in the stack's CT: ``argv`` run without a terminal (its output handed on
-    as it comes), or, with no ``argv``, an interactive session on ``terminal`` (refused
-    without one). Returns the remote exit status."""
+    as it comes; ``stdin``, the operator's piped input, copied to it), or, with no
+    ``argv``, an interactive session on ``terminal`` (refused without one). Returns the
+    remote exit status."""
     from pvestack.executors._stream import interactive, stream  # noqa: PLC0415
 
     if not argv and terminal is None:
@@ -221,8 +223,9 @@ def shell_run(
     if argv:
         line = r.line(shell_command(guest.vmid, argv), guest.vmid)
         return stream(
-            r.client, line, on_stdout=on_stdout, on_stderr=on_stderr, env=r.env, where=r.where
-        )
+            r.client, line, on_stdout=on_stdout, on_stderr=on_stderr, stdin=stdin, env=r.env,
+            where=r.where,
+        )  # fmt: skip
     if terminal is None:  # (checked above; for mypy)
         raise PvestackError("pvestack shell needs a terminal")
     enter = None if r.via == "ssh" else f"pct enter {guest.vmid}"

@@ -9,6 +9,8 @@
   local terminal's type and size (kept in step on SIGWINCH), the local terminal in raw
   mode (Ctrl-C, Ctrl-D, arrows go to the remote side), restored on every way out; the
   remote exit status is returned.
+* ``stream(..., stdin=FILE)``: the operator's piped stdin copied to the command
+  (``pvestack shell STACK -- CMD < file``), then EOF.
 
 The connection's trust (known_hosts or the pinned host key) was settled when it was
 opened; these functions only open channels on it. paramiko errors become
@@ -20,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from pvestack._errors import TransportError
 
@@ -66,6 +69,16 @@ def _status(chan: paramiko.Channel) -> int:
     return code if code >= 0 else 255
 
 
+def _feed(chan: paramiko.Channel, source: BinaryIO) -> None:
+    """Copy ``source`` to the channel's stdin, then EOF (a thread: output is read meanwhile)."""
+    try:
+        while chunk := source.read1(_CHUNK) if hasattr(source, "read1") else source.read(_CHUNK):
+            chan.sendall(chunk)
+        chan.shutdown_write()
+    except (OSError, EOFError):
+        pass  # the command ended first; its exit status tells
+
+
 def stream(
     client: paramiko.SSHClient,
     line: str,
@@ -73,16 +86,21 @@ def stream(
     on_stdout: Sink,
     on_stderr: Sink,
     hold_stdin: bool = False,
+    stdin: BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
     where: str = "the node",
 ) -> int:
-    """Run the shell command ``line``; hand its output on as it comes; its exit status."""
+    """Run the shell command ``line``; hand its output on as it comes; its exit status.
+    ``stdin``: copied to the command's stdin (then EOF); else it is closed at once, or
+    held open (``hold_stdin``) until the channel closes."""
     import paramiko  # noqa: PLC0415  (lazy: start-up time)
 
     try:
         chan = _channel(client, env or {}, where)
         chan.exec_command(line)
-        if not hold_stdin:
+        if stdin is not None:
+            threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
+        elif not hold_stdin:
             chan.shutdown_write()
         try:
             while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from examplekit import EXAMPLE
-from pvestack._config import StackFile
+from pvestack._commands import Command, Step
+from pvestack._config import StackFile, load_config
+from pvestack._engine import Options, RootAccess, Session
+from pvestack._engine._status import record_report
 from pvestack.cli import app
+from pvestack.executors import CommandOutput
+from pvestack.verify import CheckResult, Status, VerifyReport
 
 pytestmark = pytest.mark.contract
 
@@ -62,3 +68,45 @@ def test_pct_route_without_root_names_the_ways_in(
     assert r.exit_code == 1, r.output
     assert 'guest.via = "pct" needs root on the node' in r.output, r.output
     assert '[guest] via = "ssh"' in r.output
+
+
+class _Root:
+    """Root on the node standing in for SSH (the lab test runs the real one): records
+    the steps it is given."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def run_step(self, step: Step, *, on_output: Callable[[str], None] | None = None) -> bool:
+        self.steps.append(step)
+        return True
+
+    def capture(self, command: Command) -> CommandOutput:
+        return CommandOutput(0, "", "")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_verify_result_is_kept_in_each_running_ct(
+    pve: Any, stack_cfg: StackFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pve.add_ct(118, "hermes", node="gihyeon", status="running", config=dict(MARK))
+    monkeypatch.setenv("PVESTACK_ROOT_VIA", "ssh")
+    cfg = load_config(EXAMPLE, overrides={"ROOT_VIA": "ssh"})
+    root = _Root()
+    report = VerifyReport((
+        CheckResult("hermes", "a", "ct", Status.PASS, ""),
+        CheckResult("hermes", "b", "app", Status.FAIL, "no answer"),
+    ))  # fmt: skip
+    with Session(cfg, Options(), root_opener=lambda _c: RootAccess(root, via="ssh")) as s:
+        assert record_report(s, report) == ()
+    (step,) = root.steps
+    assert step.id == "ct118:last-verify" and step.commands[0].argv[:3] == ("pct", "exec", "118")
+    assert step.commands[0].stdin is not None
+    rec = json.loads(step.commands[0].stdin.reveal())
+    assert (rec["ok"], rec["passed"], rec["failed"]) == (False, 1, 1)
+    pve.ct(118).status = "stopped"  # a stopped CT is left as it is
+    with Session(cfg, Options(), root_opener=lambda _c: RootAccess(root, via="ssh")) as s:
+        assert record_report(s, report) == ()
+    assert len(root.steps) == 1

@@ -1,9 +1,10 @@
 """`pvestack status`'s app side, read over the guest route, and the last verify result,
 kept IN the container (the live cluster stays the state; nothing on the operator's machine).
 
-* ``record_verify``: after ``pvestack verify``, each stack's result (ok, counts, when) is
-  written to ``/var/lib/pvestack/last-verify.json`` in its running CT (a guest step: temp
-  file, then rename). A CT that cannot be reached is skipped, with a note.
+* ``record_verify``: after ``pvestack verify`` and apply's verify, each stack's result
+  (ok, counts, when) is written to ``/var/lib/pvestack/last-verify.json`` in its running
+  CT (a guest step: temp file, then rename). A CT that cannot be reached is skipped, with
+  a note.
 * ``app_probe``: the ``_daytwo.AppProbe`` for ``stack_status``: one read-only guest command
   lists the compose project's containers (service, state, running image, health) and prints
   that file; the wanted image is the stack file's.
@@ -28,7 +29,6 @@ from pvestack._daytwo import (
 )
 from pvestack._engine._guest import GuestPlace, ipv4_of
 from pvestack._engine._session import Session
-from pvestack._engine._workflows import verify_run
 from pvestack._errors import PvestackError, SecretError
 from pvestack._model import StackSpec
 from pvestack._steps.guest import pct_sh, project_name
@@ -186,10 +186,17 @@ def verify_counts(report: VerifyReport) -> dict[str, tuple[int, int, int]]:
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
+def record_report(s: Session, report: VerifyReport) -> tuple[str, ...]:
+    """Each stack's result of ``report`` kept in its CT (after ``verify`` and ``apply``)."""
+    return record_verify(s, verify_counts(report), datetime.now(UTC))
+
+
 def verify_and_record_run(s: Session) -> tuple[VerifyReport, tuple[str, ...]]:
     """``pvestack verify``: the checks, then each stack's result kept in its CT."""
+    from pvestack._engine._workflows import verify_run  # noqa: PLC0415  (it imports us)
+
     report = verify_run(s)
-    return report, record_verify(s, verify_counts(report), datetime.now(UTC))
+    return report, record_report(s, report)
 
 
 def status_run(s: Session) -> list[StackStatus]:

@@ -452,9 +452,11 @@ def destroy(opts: "Options", *, json_out: JsonOpt = False, yes: YesOpt = False) 
 @_command(common=(*_CONNECTION, "root_via"))
 def verify(opts: "Options", *, json_out: JsonOpt = False) -> None:
     """Check that the deployed stacks work (the seed's checklist, with evidence)."""
-    from pvestack._engine import verify_run  # noqa: PLC0415
+    from pvestack._engine import verify_and_record_run  # noqa: PLC0415
 
-    report = _run(opts, verify_run)
+    report, notes = _run(opts, verify_and_record_run)  # the result is kept in each CT
+    for n in notes:
+        _say(f"warning: {n}", stderr=True, style="bold yellow")
     if json_out:
         _print_json(report.to_json())
     else:
@@ -656,18 +658,13 @@ def backups(
         _say(f"restore (as root on the node): {cmd}")
 
 
-@_command(common=_CONNECTION)
+@_command(common=(*_CONNECTION, "root_via"))
 def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
-    """One line per stack: CT state, addresses, uptime, pvestack snapshots."""
-    from pvestack import _daytwo as daytwo  # noqa: PLC0415
+    """One line per stack: CT state, addresses, uptime, pvestack snapshots; then its app's
+    services (state, health, running vs wanted image) and the last verify (kept in the CT)."""
+    from pvestack._engine import status_run  # noqa: PLC0415
 
-    def body(s: "Session") -> list[Any]:
-        return [
-            daytwo.stack_status(s.client, st.name, st.container.node, st.container.vmid)
-            for st in s.containers.stacks
-        ]
-
-    rows = _run(opts, body)
+    rows = _run(opts, status_run)
     if json_out:
         _print_json([r.to_json() for r in rows])
         return
@@ -678,6 +675,114 @@ def status(opts: "Options", *, json_out: JsonOpt = False) -> None:
             f"up {r.uptime_s}s  snapshots {len(r.snapshots)}"
             + (f"  lock {r.lock}" if r.lock else "")
         )
+        if r.apps is None:
+            continue
+        for svc in r.apps.services:
+            image = svc.running_image + (
+                f" (wanted {svc.wanted_image})"
+                if svc.wanted_image and svc.wanted_image != svc.running_image
+                else ""
+            )
+            health = f" {svc.health}" if svc.health else ""
+            _say(f"  service {svc.name:<12} {svc.state}{health:<10} {image}")
+        _say(f"  last verify: {r.apps.last_verify or 'none recorded'}")
+        if r.apps.error:
+            _say(f"  app: {r.apps.error}", style="yellow")
+
+
+# ---------------------------------------------------------------- logs, shell
+# Thin wrappers over pvestack._engine._logs (the guest route of the stack file).
+
+
+@_command(common=(*_CONNECTION, "root_via"))
+def logs(
+    opts: "Options",
+    stack: StackArg,
+    service: Annotated[str | None, typer.Argument(help="one service (default: all)")] = None,
+    *,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing (Ctrl-C)")] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="from: 10m, 1h30m, 2026-12-02T07:00:00Z")
+    ] = None,
+    tail: Annotated[
+        int | None, typer.Option("--tail", help="the last N lines per container", min=0)
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="one JSON object a line: service, time, message")
+    ] = False,
+) -> None:
+    """The app's `docker compose logs` in the stack's container (over the guest route).
+    Exit 0, 1 on an error, 130 after Ctrl-C."""
+    from pvestack._engine import logs_run  # noqa: PLC0415
+    from pvestack._steps.logs import LogLine  # noqa: PLC0415
+
+    def line(x: "str | LogLine") -> None:
+        if json_out:
+            data = x.to_json() if isinstance(x, LogLine) else {"service": None, "time": None,
+                                                               "message": x}  # fmt: skip
+            sys.stdout.write(json.dumps(data) + "\n")
+        else:
+            _say(f"{x.service} | {x.message}" if isinstance(x, LogLine) else x)
+        sys.stdout.flush()
+
+    body = lambda s: logs_run(  # noqa: E731
+        s, stack, service=service, follow=follow, since=since, tail=tail, json=json_out,
+        on_line=line, on_error=lambda t: _say(t, stderr=True),
+    )  # fmt: skip
+    try:
+        _run(opts, body)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@_command(
+    common=(*_CONNECTION, "root_via"),
+)
+def shell(
+    opts: "Options",
+    stack: StackArg,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="after --: run this command, no terminal")
+    ] = None,
+) -> None:
+    """A root shell in the stack's container, like `pct enter` (over the guest route:
+    the CT's own SSH, or `pct enter` through the node's root SSH). Needs a terminal;
+    `pvestack shell STACK -- CMD ARGS...` runs one command without one (piped stdin goes
+    to it). Exits with the shell's (or the command's) exit status."""
+    import os  # noqa: PLC0415
+
+    from pvestack._engine import Terminal, shell_run  # noqa: PLC0415
+
+    term = None
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        term = Terminal(sys.stdin.fileno(), sys.stdout.fileno(), os.environ.get("TERM", "xterm"))
+
+    def out(stream: Any) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:  # the command's own bytes, as `ssh HOST CMD` does
+            stream.buffer.write(data)
+            stream.flush()
+
+        return write
+
+    # `-- CMD` with piped input (`< file`, `| ...`): copied to CMD; a terminal's is not read
+    piped = sys.stdin.buffer if command and not sys.stdin.isatty() else None
+    sys.stdout.flush()
+    try:
+        code = _run(
+            opts,
+            lambda s: shell_run(
+                s,
+                stack,
+                command or [],
+                term,
+                on_stdout=out(sys.stdout),
+                on_stderr=out(sys.stderr),
+                stdin=piped,
+            ),
+        )
+    except KeyboardInterrupt:  # Ctrl-C during `-- CMD` (a terminal session passes it on)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

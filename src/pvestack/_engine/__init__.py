@@ -3,7 +3,7 @@ hand-off, destroy, verify, the console script). The CLI calls one entry point ea
 
     with Session.load(Options(...)) as s:
         plan_run(s) | apply_run(s, hooks) | destroy_run(s, confirm=...) | verify_run(s)
-        | console_script_run(s)
+        | console_script_run(s) | logs_run(s, stack, ...) | shell_run(s, stack, ...)
 
 The lower steps (``plan``, ``apply``, ``destroy_plan``, ``destroy``,
 ``root_effects_missing``) are public for tests and tools.
@@ -30,6 +30,7 @@ from pvestack._engine._destroy import (
     destroy_plan,
 )
 from pvestack._engine._facts import TransportFactReader
+from pvestack._engine._logs import LogSink, logs_run, shell_run
 from pvestack._engine._nodecheck import RuncGuard, preflight, runc_guard
 from pvestack._engine._session import (
     Options,
@@ -39,6 +40,7 @@ from pvestack._engine._session import (
     open_root,
     ssh_settings,
 )
+from pvestack._engine._status import status_run, verify_and_record_run
 from pvestack._engine._workflows import (
     ApplyHooks,
     ApplyRun,
@@ -52,6 +54,7 @@ from pvestack._engine._workflows import (
     plan_run,
     verify_run,
 )
+from pvestack.executors._stream import Terminal
 
 
 def connect(
@@ -72,6 +75,7 @@ __all__ = [
     "DestroyResult",
     "DestroyRun",
     "DestroyTarget",
+    "LogSink",
     "Options",
     "Outcome",
     "PlanResult",
@@ -79,6 +83,7 @@ __all__ = [
     "RootAccess",
     "RuncGuard",
     "Session",
+    "Terminal",
     "TransportFactReader",
     "apply",
     "apply_run",
@@ -89,6 +94,7 @@ __all__ = [
     "destroy",
     "destroy_plan",
     "destroy_run",
+    "logs_run",
     "open_root",
     "plan",
     "plan_run",
@@ -97,6 +103,9 @@ __all__ = [
     "root_effects_missing",
     "root_steps",
     "runc_guard",
+    "shell_run",
     "ssh_settings",
+    "status_run",
+    "verify_and_record_run",
     "verify_run",
 ]

@@ -21,6 +21,7 @@ from pvestack._engine._facts import TransportFactReader
 from pvestack._engine._guest import GuestFactReader, places
 from pvestack._engine._nodecheck import preflight, runc_guard
 from pvestack._engine._session import RootAccess, Session
+from pvestack._engine._status import record_report
 from pvestack._errors import PvestackError
 from pvestack._model import Action, DesiredState, GuestAccess, ObservedState, Plan
 from pvestack._observe import FactReader, observe
@@ -201,6 +202,7 @@ def _apply_run(s: Session, hooks: ApplyHooks, *, run_verify: bool) -> ApplyRun:
         if hooks.on_verify is not None:
             hooks.on_verify()
         report = verify_run(s)
+        notes = (*notes, *record_report(s, report))  # the last verify, kept in each CT
     return ApplyRun(p, res, script, report, notes)
 
 

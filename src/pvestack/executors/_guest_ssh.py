@@ -229,6 +229,11 @@ class GuestSshTransport:
     def close(self) -> None:
         self._client.close()
 
+    @property
+    def ssh_client(self) -> paramiko.SSHClient:
+        """The pinned connection (for an interactive session: ``executors._stream``)."""
+        return self._client
+
     def __enter__(self) -> GuestSshTransport:
         return self
 

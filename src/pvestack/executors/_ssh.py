@@ -260,6 +260,11 @@ class SshTransport:
     def close(self) -> None:
         self._client.close()
 
+    @property
+    def ssh_client(self) -> paramiko.SSHClient:
+        """The connection (for an interactive session: ``executors._stream``)."""
+        return self._client
+
     def __enter__(self) -> SshTransport:
         return self
 

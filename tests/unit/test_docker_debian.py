@@ -45,7 +45,7 @@ def run_install(tmp_path: Path, archive: set[str]) -> tuple[subprocess.Completed
 
 def _installed(calls: str) -> list[str]:
     line = next(ln for ln in calls.splitlines() if " install " in f" {ln} ")
-    return line.split(" install -y -q ", 1)[1].split()
+    return line.split(" install -y -q --no-install-recommends ", 1)[1].split()
 
 
 def test_trixie_installs_the_docker_cli_package_and_compose(tmp_path: Path) -> None:

@@ -128,7 +128,8 @@ INSTALL_DOCKER_CE_HELD = INSTALL_DOCKER_CE.replace(_CE_INSTALL_LINE, INSTALL_HEL
 # Debian's packages. bookworm: docker.io holds the docker command, docker-compose is
 # compose v1 (1.29, Python). trixie: the command is its own package, docker-cli (only a
 # Recommends of docker.io, so named here), and docker-compose is compose v2 (the
-# ``docker compose`` plugin). Whichever the release has is installed.
+# ``docker compose`` plugin). Whichever the release has is installed. Without the
+# Recommends (git, needrestart, apparmor, ...: nothing the engine needs; fewer downloads).
 INSTALL_DOCKER_DEBIAN = """\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
@@ -136,7 +137,7 @@ apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
 cli=
 if apt-cache show docker-cli >/dev/null 2>&1; then cli=docker-cli; fi
 # shellcheck disable=SC2086
-apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker.io $cli docker-compose
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q --no-install-recommends docker.io $cli docker-compose
 systemctl enable --now docker
 """
 

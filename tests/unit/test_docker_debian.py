@@ -17,6 +17,9 @@ import pytest
 from pvestack._steps import guest
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="sh is needed")
+# docker.io's Recommends the engine uses (installed without the others): apparmor_parser
+# on an AppArmor kernel (every PVE node), xz for `docker load` of .tar.xz, TLS roots
+ENGINE_NEEDS = ["apparmor", "xz-utils", "ca-certificates"]
 
 
 def run_install(tmp_path: Path, archive: set[str]) -> tuple[subprocess.CompletedProcess[str], str]:
@@ -52,12 +55,12 @@ def test_trixie_installs_the_docker_cli_package_and_compose(tmp_path: Path) -> N
     # trixie: /usr/bin/docker is in docker-cli, only a Recommends of docker.io
     r, calls = run_install(tmp_path, {"docker.io", "docker-cli", "docker-compose"})
     assert r.returncode == 0, r.stderr
-    assert _installed(calls) == ["docker.io", "docker-cli", "docker-compose"]
+    assert _installed(calls) == ["docker.io", "docker-cli", "docker-compose", *ENGINE_NEEDS]
     assert calls.splitlines()[-1] == "systemctl enable --now docker"
 
 
 def test_bookworm_has_no_docker_cli_package(tmp_path: Path) -> None:
     r, calls = run_install(tmp_path, {"docker.io", "docker-compose"})
     assert r.returncode == 0, r.stderr
-    assert _installed(calls) == ["docker.io", "docker-compose"]
+    assert _installed(calls) == ["docker.io", "docker-compose", *ENGINE_NEEDS]
     assert calls.splitlines()[0].startswith("apt-get ") and " update " in calls.splitlines()[0]

@@ -128,8 +128,11 @@ INSTALL_DOCKER_CE_HELD = INSTALL_DOCKER_CE.replace(_CE_INSTALL_LINE, INSTALL_HEL
 # Debian's packages. bookworm: docker.io holds the docker command, docker-compose is
 # compose v1 (1.29, Python). trixie: the command is its own package, docker-cli (only a
 # Recommends of docker.io, so named here), and docker-compose is compose v2 (the
-# ``docker compose`` plugin). Whichever the release has is installed. Without the
-# Recommends (git, needrestart, apparmor, ...: nothing the engine needs; fewer downloads).
+# ``docker compose`` plugin). Whichever the release has is installed. Of docker.io's
+# Recommends only what the engine uses: apparmor (dockerd loads its profile with
+# apparmor_parser when the kernel has AppArmor, as every PVE node's has), xz-utils
+# (``docker load`` of a .tar.xz), ca-certificates (``docker pull``); not git,
+# needrestart, cgroupfs-mount (fewer downloads).
 INSTALL_DOCKER_DEBIAN = """\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
@@ -137,7 +140,7 @@ apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
 cli=
 if apt-cache show docker-cli >/dev/null 2>&1; then cli=docker-cli; fi
 # shellcheck disable=SC2086
-apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q --no-install-recommends docker.io $cli docker-compose
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q --no-install-recommends docker.io $cli docker-compose apparmor xz-utils ca-certificates
 systemctl enable --now docker
 """
 

@@ -134,8 +134,9 @@ def required_privileges(desired: DesiredState) -> tuple[Need, ...]:
         t = ct.template.storage
         add(Need(f"/storage/{t}", ("Datastore.AllocateTemplate", "Datastore.Audit"),
                  "download and list the OS template"))  # fmt: skip
-        add(Need(f"/nodes/{ct.node}", ("Sys.AccessNetwork",), "download-url",
-                 alternative=("/", ("Sys.Audit", "Sys.Modify"))))  # fmt: skip
+        if not ct.template.appliance:  # POST aplinfo needs only the storage's privilege
+            add(Need(f"/nodes/{ct.node}", ("Sys.AccessNetwork",), "download-url",
+                     alternative=("/", ("Sys.Audit", "Sys.Modify"))))  # fmt: skip
         add(Need(f"/nodes/{ct.node}", ("Sys.Audit",), "read the node's package versions"))
         for sid in rootdir_storages(s):
             add(Need(f"/storage/{sid}", ("Datastore.AllocateSpace",), "allocate the CT's volumes"))

@@ -235,10 +235,17 @@ def test_lab_file_loads_with_the_lab_env() -> None:
         pytest.skip("examples/lab.toml not in this checkout")
     env = {
         "PVESTACK_FINGERPRINT": "AB:" * 31 + "CD",
-        "PVESTACK_LAB_TEMPLATE_SHA512": "0" * 128,
         "PVESTACK_NODE": "pve",
     }
     cfg = parse_config(lab.read_text(), str(lab), env=env)
     assert [s.name for s in cfg.stack] == ["gateway", "hermes"]
     assert cfg.pve.fingerprint == "AB:" * 31 + "CD"
-    assert cfg.stack[1].template.checksum == "0" * 128
+    # templates from the node's appliance index; each stack's is selectable (Debian 13)
+    assert [s.template.appliance for s in cfg.stack] == ["debian-12-standard"] * 2
+    assert all(s.template.url is None for s in cfg.stack)
+    env["PVESTACK_LAB_HERMES_APPLIANCE"] = "debian-13-standard"
+    cfg = parse_config(lab.read_text(), str(lab), env=env)
+    assert [s.template.appliance for s in cfg.stack] == [
+        "debian-12-standard",
+        "debian-13-standard",
+    ]

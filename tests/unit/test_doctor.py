@@ -4,6 +4,7 @@ rendering (no network: the API is a recorded stand-in; the lab run is in tests/c
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def test_required_privileges_follow_the_stack() -> None:
     assert ("/nodes/pve", "Sys.Audit") in needs
     download = next(n for n in required_privileges(_desired()) if n.why == "download-url")
     assert download.alternative == ("/", ("Sys.Audit", "Sys.Modify"))
+
+
+def test_an_appliance_template_needs_no_network_privilege() -> None:
+    # POST /nodes/{node}/aplinfo checks Datastore.AllocateTemplate on the storage only
+    # (pve-manager PVE/API2/Nodes.pm apl_download); Sys.AccessNetwork is download-url's
+    d = _desired()
+    ct = replace(d.stacks[0].container, template=TemplateSpec("local", "", "", appliance="x"))
+    needs = required_privileges(DesiredState((StackSpec("s", ct),)))
+    assert all(n.why != "download-url" for n in needs)
+    held = {(n.path, p) for n in needs for p in n.privs}
+    assert ("/storage/local", "Datastore.AllocateTemplate") in held
+    assert ("/nodes/pve", "Sys.Audit") in held  # apt/versions still
 
 
 def test_a_vlan_tag_and_the_next_free_id_change_the_paths() -> None:

@@ -335,7 +335,7 @@ def test_docker_steps_are_guarded_and_end_with_a_probe(source: str) -> None:
         assert guest.DOCKER_KEY_FINGERPRINT == "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
         assert guest.DOCKER_KEY_FINGERPRINT in text and "docker-compose-plugin" in text
     if source == "debian":
-        assert "docker.io docker-compose" in install.commands[0].argv[6]
+        assert "docker.io $cli docker-compose" in install.commands[0].argv[6]
 
 
 # ---------------------------------------------------------------- shellcheck

@@ -10,9 +10,10 @@ Actions of one stack, in order:
 
 1. ``<stack>:guest:docker``: install Docker (``docker-ce``: Docker's apt repository with
    the key's fingerprint checked as Docker documents, and the compose plugin;
-   ``debian``: bookworm's ``docker.io`` + ``docker-compose`` (v1.29, the only compose
-   Debian 12 ships); ``preinstalled``: only checked), then prove the engine runs a
-   container from a locally made image (no registry).
+   ``debian``: Debian's ``docker.io`` + ``docker-compose`` (bookworm: compose v1.29, the
+   only compose Debian 12 ships; trixie: compose v2 and ``docker-cli``); ``preinstalled``:
+   only checked), then prove the engine runs a container from a locally made image (no
+   registry).
 2. ``<stack>:guest:file:<path>``: write one rendered file atomically (temp file in the
    same dir, mode and owner set before the rename). The write happens only if the bytes
    (or mode/owner) differ; then a restart mark is left for the services reading it.
@@ -139,11 +140,22 @@ _CE_INSTALL_LINE = (
 )
 INSTALL_DOCKER_CE_HELD = INSTALL_DOCKER_CE.replace(_CE_INSTALL_LINE, INSTALL_HELD_CONTAINERD)
 
+# Debian's packages. bookworm: docker.io holds the docker command, docker-compose is
+# compose v1 (1.29, Python). trixie: the command is its own package, docker-cli (only a
+# Recommends of docker.io, so named here), and docker-compose is compose v2 (the
+# ``docker compose`` plugin). Whichever the release has is installed. Of docker.io's
+# Recommends only what the engine uses: apparmor (dockerd loads its profile with
+# apparmor_parser when the kernel has AppArmor, as every PVE node's has), xz-utils
+# (``docker load`` of a .tar.xz), ca-certificates (``docker pull``); not git,
+# needrestart, cgroupfs-mount (fewer downloads).
 INSTALL_DOCKER_DEBIAN = """\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 update -q
-apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q docker.io docker-compose
+cli=
+if apt-cache show docker-cli >/dev/null 2>&1; then cli=docker-cli; fi
+# shellcheck disable=SC2086
+apt-get -o Acquire::http::Timeout=30 -o Acquire::Retries=3 install -y -q --no-install-recommends docker.io $cli docker-compose apparmor xz-utils ca-certificates
 systemctl enable --now docker
 """
 

@@ -333,8 +333,14 @@ while [ "$#" -gt 0 ]; do
 done
 if docker info >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project=$project" \\
-    --format '{{.Label "com.docker.compose.service"}} {{.State}}' 2>/dev/null \\
-    | while read -r s st; do printf 'service:%s\\t%s\\n' "$s" "$st"; done
+    --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Image}}' 2>/dev/null \\
+    | while read -r s st img; do
+        printf 'service:%s\\t%s\\n' "$s" "$st"
+        printf 'service-image:%s\\t%s\\n' "$s" "$img"
+      done
+fi
+if [ -f /var/lib/pvestack/upgrade.json ]; then
+  printf 'upgrade\\t%s\\n' "$(tr -d '\\n\\t' </var/lib/pvestack/upgrade.json)"
 fi
 exit 0
 """
@@ -536,7 +542,8 @@ def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
 def parse_guest_facts(outputs: Sequence[str]) -> dict[str, str]:
     """``key<TAB>value`` lines -> facts (``docker``, ``compose``, ``image:REF``,
     ``file:PATH`` = ``"<sha256> <mode> <uid>:<gid>"`` or ``-``, ``managed:PATH``,
-    ``service:NAME``)."""
+    ``service:NAME`` (its state), ``service-image:NAME`` (the image it runs), ``upgrade``
+    (the JSON of an unfinished upgrade's marker))."""
     facts: dict[str, str] = {}
     for out in outputs:
         for line in out.splitlines():

@@ -225,11 +225,19 @@ def rollback(client: PveClient, guest: Guest, name: str, *, start: bool = True) 
     config = client.get(f"{guest.base}/config") or {}
     params: dict[str, str | int] = {"start": 1} if start else {}
     upid = client.post(f"{guest.base}/snapshot/{name}/rollback", **params)
+    protected = str(config.get("protection", "0")) in ("1", "true")
     try:
         client.wait_task(str(upid))
     except PveTaskError as e:
-        raise RollbackFailed(_rollback_failure(client, guest, name, e)) from e
-    protected = str(config.get("protection", "0")) in ("1", "true")
+        msg = _rollback_failure(client, guest, name, e)
+        if protected:
+            msg += (
+                f"\nthe CT has protection=1 (pve-container checks it for destroy and disk "
+                f"removal, not for a rollback); if your PVE refused for it: pct set "
+                f"{guest.vmid} --protection 0, roll back, then pct set {guest.vmid} "
+                "--protection 1"
+            )
+        raise RollbackFailed(msg) from e
     return RollbackResult(guest, name, start, protected)
 
 

@@ -39,6 +39,7 @@ from pvestack._engine._session import (
     open_root,
     ssh_settings,
 )
+from pvestack._engine._upgrade import Upgrader, UpgradeReport
 from pvestack._engine._workflows import (
     ApplyHooks,
     ApplyRun,
@@ -80,6 +81,8 @@ __all__ = [
     "RuncGuard",
     "Session",
     "TransportFactReader",
+    "UpgradeReport",
+    "Upgrader",
     "apply",
     "apply_run",
     "client_settings",

@@ -384,6 +384,8 @@ def _apply_summary(run: "ApplyRun") -> None:
     from pvestack._engine import Outcome  # noqa: PLC0415
 
     _print_upgrades(run)
+    if run.upgrades and run.report is not None:
+        _say("\nverify (every stack, after apply):")
     if run.report is not None:
         _print_verify(run.report)
     res = run.result

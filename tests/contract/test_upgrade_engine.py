@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class RootfsGuest:
     def __init__(self, rootfs: Path, release: str, *, image_loads: bool = True) -> None:
         self.rootfs, self.release, self.image_loads = rootfs, release, image_loads
         self.ran: list[str] = []
+        self.verified: list[tuple[str, ...] | None] = []  # the images each verify expected
 
     def path(self, inside: str) -> Path:
         return self.rootfs / inside.lstrip("/")
@@ -74,7 +76,8 @@ def running(guest: RootfsGuest) -> str:
 
 
 def verify_from(guest: RootfsGuest):  # type: ignore[no-untyped-def]
-    def verify(stack: str) -> VerifyReport:
+    def verify(stack: str, images: Sequence[str] | None) -> VerifyReport:
+        guest.verified.append(None if images is None else tuple(images))
         version = running(guest)
         ok = version != "broken"
         status = Status.PASS if ok else Status.FAIL
@@ -170,6 +173,7 @@ def test_red_upgrade_rolls_back_verifies_again_and_reports_both(
     assert rep.verify_after_rollback is not None and rep.verify_after_rollback.ok
     # the rollback is real: the old release, the data, no marker; the CT started again
     assert running(guest) == "0.18.2" and guest.marker() is None
+    assert guest.verified == [None, (OLD,)]  # the pinned images, then the rolled-back ones
     assert (ct / "opt/hermes/memories.md").read_text() == "the user likes tea\n"
     assert api.runtime.state(VMID) == "running"
     assert snapshots(api) == ["pvestack-20261202T071000Z"]  # kept: no prune on red

@@ -22,7 +22,7 @@ verifies: green finishes, red rolls back to the recorded snapshot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +35,8 @@ from pvestack._steps.upgrade import clear_marker_step, docker_up_step, write_mar
 from pvestack.executors import GuestTransport
 from pvestack.verify import VerifyReport
 
-VerifyStack = Callable[[str], VerifyReport]  # stack name -> its checks
+#: (stack name, the images it runs instead of the pinned ones or None) -> its checks
+VerifyStack = Callable[[str, Sequence[str] | None], VerifyReport]
 Say = Callable[[str], None]
 DOCKER_WAIT = 180.0  # seconds for Docker to answer after a rollback's start
 
@@ -129,7 +130,7 @@ class Upgrader:
             transport.run_step(write_marker_step(guest.vmid, a.stack, marker))
         self._steps(a, transport, guest)
         say("verify after the upgrade")
-        rep = self._note(replace(rep, verify=self.verify_stack(a.stack)))
+        rep = self._note(replace(rep, verify=self.verify_stack(a.stack, None)))
         assert rep.verify is not None
         if rep.verify.ok:
             return self._finish(u, guest, transport, rep)
@@ -217,7 +218,9 @@ class Upgrader:
         rep = self._note(replace(rep, rolled_back_to=rep.snapshot))
         self._wait_docker(transport, guest)
         say("verify after the rollback")
-        second = self.verify_stack(a.stack)
+        # the CT runs what the snapshot holds: the images the upgrade came from
+        old = tuple(dict.fromkeys(s.from_image for s in rep.spec.services))
+        second = self.verify_stack(a.stack, old)
         state = "green" if second.ok else "NOT green"
         return replace(
             rep,

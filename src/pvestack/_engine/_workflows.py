@@ -24,7 +24,15 @@ from pvestack._engine._nodecheck import preflight, runc_guard
 from pvestack._engine._session import RootAccess, Session
 from pvestack._engine._upgrade import Upgrader, UpgradeReport
 from pvestack._errors import PvestackError
-from pvestack._model import Action, ActionKind, DesiredState, GuestAccess, ObservedState, Plan
+from pvestack._model import (
+    Action,
+    ActionKind,
+    DesiredState,
+    GuestAccess,
+    ImageSource,
+    ObservedState,
+    Plan,
+)
 from pvestack._observe import FactReader, observe
 from pvestack._plan import UpgradeInputs
 from pvestack._plan import plan as make_plan
@@ -184,7 +192,11 @@ def apply_run(
         fails = sum(f.status.value == "fail" for f in found.findings)
         error = f"doctor found {fails} problem(s): nothing was changed (fix them, or --skip-doctor)"
         return ApplyRun(nothing, ApplyResult((), nothing, error=error), doctor=found)
-    upgrader = Upgrader(s.client, lambda name: verify_run(s, only=name), no_rollback=no_rollback)
+    upgrader = Upgrader(
+        s.client,
+        lambda name, images: verify_run(s, only=name, images=images),
+        no_rollback=no_rollback,
+    )
     run = _apply_run(s, hooks, run_verify=run_verify, upgrader=upgrader, backup=backup)
     return replace(run, doctor=found, upgrades=tuple(upgrader.reports))
 
@@ -258,12 +270,19 @@ def destroy_run(
     return DestroyRun(dp, destroy(dp, s.client, on_progress=on_progress))
 
 
-def verify_run(s: Session, *, only: str | None = None) -> VerifyReport:
+def verify_run(
+    s: Session, *, only: str | None = None, images: Sequence[str] | None = None
+) -> VerifyReport:
     """Observe, then run the verify checks on the containers carrying this file's marks
-    (``only``: one stack's)."""
+    (``only``: one stack's; ``images``: the images it runs instead of the pinned ones,
+    e.g. after an upgrade's rollback)."""
     desired = s.desired
     if only is not None:
-        desired = replace(desired, stacks=(desired.stack(only),))
+        spec = desired.stack(only)
+        if images is not None and spec.app is not None:
+            app = replace(spec.app, images=tuple(ImageSource(ref) for ref in images))
+            spec = replace(spec, app=app)
+        desired = replace(desired, stacks=(spec,))
     observed = observe(s.client, desired)
     vmids: dict[str, int | None] = {}
     for st in observed.stacks:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pvestack._commands import Secret, Step
+from pvestack._guestfacts import GuestFacts, ServiceUpgrade, UpgradeMarker
 from pvestack._pvevalues import parse_tags
 from pvestack._verifyspec import AppFacts
 
@@ -316,8 +317,7 @@ class ObservedStack:
     template_present: bool
     foreign: GuestSummary | None = None  # a guest at the vmid without our mark
     host_paths: tuple[HostPathFact, ...] = ()  # only when root can read the node
-    guest_files: Mapping[str, str | None] = field(default_factory=frozen_map)  # path -> sha256
-    guest_facts: Mapping[str, str] = field(default_factory=frozen_map)
+    guest_facts: GuestFacts | None = None  # None: the guest was not observed
     template: TemplateSpec | None = None  # an appliance resolved through aplinfo
 
 
@@ -405,25 +405,6 @@ class ActionKind(StrEnum):
     GUEST_UP = "guest-up"
     UPGRADE = "upgrade"  # snapshot, new images, compose up, verify; rollback on red
     DESTROY = "destroy"
-
-
-@dataclass(frozen=True)
-class ServiceUpgrade:
-    """One compose service moving from the image it runs to the pinned one."""
-
-    service: str
-    from_image: str
-    to_image: str
-
-
-@dataclass(frozen=True)
-class UpgradeMarker:
-    """``/var/lib/pvestack/upgrade.json`` in the CT: an upgrade that did not finish."""
-
-    services: tuple[ServiceUpgrade, ...]
-    snapshot: str | None  # the snapshot to roll back to (None: none was taken)
-    backup: str | None  # the backup volid taken before it
-    phase: str  # "snapshot" | "images" | "up" | "verify" | "rollback"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from pvestack._errors import (
     PveTaskError,
     WaitTimeout,
 )
+from pvestack._guestfacts import GuestFacts
 from pvestack._model import (
     MARK_TAG,
     DesiredState,
@@ -65,9 +66,9 @@ class FactReader(Protocol):
 
     def host_paths(self, paths: Sequence[str]) -> tuple[HostPathFact, ...]: ...
 
-    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
+    def guest_facts(self, stack: StackSpec, vmid: int) -> GuestFacts | None:
         """What the app's recipe needs to see inside the running guest (files, images,
-        services), as ``key -> value`` facts."""
+        services), typed (``pvestack._guestfacts``); None: not observed."""
         ...
 
 
@@ -349,8 +350,8 @@ def _read_all_facts(
 def _read_facts(reader: FactReader, spec: StackSpec, obs: ObservedStack) -> ObservedStack:
     paths = [m.host_path for m in spec.container.bind_mounts]
     facts = reader.host_paths(paths) if paths else ()
-    guest_facts: Mapping[str, str] = {}
+    guest_facts: GuestFacts | None = None
     c = obs.container
     if spec.app is not None and c is not None and c.status == "running" and c.marked:
         guest_facts = reader.guest_facts(spec, c.vmid)
-    return replace(obs, host_paths=tuple(facts), guest_facts=dict(guest_facts))
+    return replace(obs, host_paths=tuple(facts), guest_facts=guest_facts)

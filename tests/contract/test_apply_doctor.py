@@ -6,17 +6,16 @@ reaches the lab is counted on the server (its request log)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lab_daytwo import ExtractOnlyRuntime
-from test_lab_doctor import BRIDGE, NODE, SECRET, TEMPLATE, Served, served
+from test_lab_doctor import NODE, Served, served, stack_file
 from typer.testing import CliRunner
 
-from pvelab.backend.privileges import DEPLOY_PRIVS, DEPLOY_ROLE, DEPLOY_TOKEN
+from labstub import ExtractOnlyRuntime
+from pvelab.backend.privileges import DEPLOY_PRIVS, DEPLOY_ROLE
 from pvestack._engine import runc_guard
 from pvestack._model import ActionKind, DesiredState, ObservedStack, Plan, StackSpec
 from pvestack._steps import guest
@@ -31,23 +30,8 @@ WRITES = ("POST", "PUT", "DELETE")
 @pytest.fixture
 def stack(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     served.node.runtime = ExtractOnlyRuntime()  # type: ignore[assignment]
-    sha = hashlib.sha512((served.www / TEMPLATE).read_bytes()).hexdigest()
-    path = tmp_path / "stack.toml"
-    path.write_text(
-        f'[pve]\napi_url = "{served.server.url}"\ntoken_id = "{DEPLOY_TOKEN}"\n'
-        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n'
-        '[guest]\nvia = "pct"\n'  # no guest SSH route in this test: doctor is its subject
-        f'[[stack]]\nname = "hermes"\nnode = "{NODE}"\nvmid = 105\nhostname = "hermes"\n'
-        'memory = 2048\ndatastore = "local-lvm"\ndisk_gb = 8\n'
-        f'[stack.network]\nbridge = "{BRIDGE}"\n'
-        f'[stack.template]\nstorage = "local"\nurl = "{served.www_url}/{TEMPLATE}"\n'
-        f'checksum = "{sha}"\nchecksum_algorithm = "sha512"\n'
-    )
-    monkeypatch.setenv("PVESTACK_TOKEN_SECRET", SECRET)
-    for k in ("PVESTACK_API_URL", "PVESTACK_TOKEN_ID", "PVESTACK_FINGERPRINT", "PVESTACK_NODE",
-              "PVESTACK_ROOT_VIA", "PVESTACK_CA_FILE"):  # fmt: skip
-        monkeypatch.delenv(k, raising=False)
-    yield path
+    # no guest SSH route in this test: doctor is its subject
+    yield stack_file(served, tmp_path / "stack.toml", monkeypatch, '[guest]\nvia = "pct"\n')
 
 
 def _writes(served: Served) -> list[tuple[str, str]]:

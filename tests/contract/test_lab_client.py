@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lab_contract import BUSYBOX, DEBIAN, _busybox_template, _debian_template
+from test_lab_contract import place_template
 
 from pvelab.api.server import LabApiServer
 from pvelab.backend.node import Node
@@ -98,15 +98,7 @@ def test_pinned_fingerprint_and_errors(served: tuple[LabApiServer, Node]) -> Non
 def test_create_start_and_a_failing_task(served: tuple[LabApiServer, Node]) -> None:
     server, node = served
     cache = node.lab_dir / "storage/local/template/cache"
-    debian = _debian_template()
-    name = DEBIAN if debian else BUSYBOX
-    if debian:
-        try:
-            os.link(debian, cache / name)
-        except OSError:
-            shutil.copy2(debian, cache / name)
-    else:
-        _busybox_template(cache / name)
+    name = place_template(cache)
     c = client(server)
     upid = c.post(
         f"/nodes/{NODE}/lxc",

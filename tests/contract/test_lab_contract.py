@@ -119,6 +119,20 @@ def _busybox_template(target: Path) -> None:
         add_file(t, "./etc/group", b"root:x:0:\n")
 
 
+def place_template(cache: Path) -> str:
+    """``TEMPLATE`` into the storage's template cache: the cached Debian template (a hard
+    link, else a copy) or, without one, the busybox one. Its file name."""
+    debian = _debian_template()
+    if TEMPLATE == DEBIAN and debian is not None:
+        try:
+            os.link(debian, cache / TEMPLATE)
+        except OSError:
+            shutil.copy2(debian, cache / TEMPLATE)
+    else:
+        _busybox_template(cache / TEMPLATE)
+    return TEMPLATE
+
+
 # Containers every side has before the tests: one stopped, one running.
 STOPPED, RUNNING = 200, 201
 
@@ -251,14 +265,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
     labdir.mkdir(parents=True, exist_ok=True)
     cache = labdir / "storage" / "local" / "template" / "cache"
     cache.mkdir(parents=True)
-    debian = _debian_template()
-    if TEMPLATE == DEBIAN and debian is not None:
-        try:
-            os.link(debian, cache / TEMPLATE)
-        except OSError:
-            shutil.copy2(debian, cache / TEMPLATE)
-    else:
-        _busybox_template(cache / TEMPLATE)
+    place_template(cache)
     runtime = LxcRuntime(labdir)
     node = Node(labdir, runtime, NODE)
     node.auth.set_password("root@pam", ROOT_PASSWORD)

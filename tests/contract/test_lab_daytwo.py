@@ -8,7 +8,6 @@ running state (the real LXC path is tests/lab/test_daytwo.py; this needs no root
 
 from __future__ import annotations
 
-import io
 import json
 import ssl
 import tarfile
@@ -16,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from labstub import TEMPLATE, ExtractOnlyRuntime, make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.auth import Identity
 from pvelab.backend.node import Node
-from pvelab.runtime.lxc import pve_interfaces
-from pvelab.runtime_protocol import ExecResult
 from pvestack import _daytwo as daytwo
 from pvestack import cli
 from pvestack._client import ClientSettings, PveClient
@@ -40,67 +38,11 @@ pytestmark = pytest.mark.contract
 NODE = "pve"
 TOKEN_ID = "pvestack@pve!deploy"
 SECRET = "daytwo-contract"
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 PRIVS = (
     "VM.Allocate", "VM.Audit", "VM.Config.Disk", "VM.Config.Options", "VM.Config.Network",
     "VM.Config.Memory", "VM.PowerMgmt", "VM.Snapshot", "VM.Backup", "Datastore.AllocateSpace",
     "Datastore.Audit", "Sys.Audit", "SDN.Use",
 )  # fmt: skip
-
-
-class ExtractOnlyRuntime:
-    """Archives are really extracted (tarfile); start/stop only flip a state."""
-
-    def __init__(self) -> None:
-        self.running: set[int] = set()
-
-    def create_rootfs(
-        self, vmid: int, template: Path, rootfs: Path, idmap: Sequence[str], unprivileged: bool
-    ) -> None:
-        rootfs.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(template) as t:
-            t.extractall(rootfs, filter="data")
-
-    def start(self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]) -> None:
-        self.running.add(vmid)
-
-    def stop(self, vmid: int) -> None:
-        self.running.discard(vmid)
-
-    def shutdown(self, vmid: int, timeout: int) -> None:
-        self.running.discard(vmid)
-
-    def state(self, vmid: int) -> str:
-        return "running" if vmid in self.running else "stopped"
-
-    def pid(self, vmid: int) -> int | None:
-        return None
-
-    def exec(
-        self,
-        vmid: int,
-        argv: Sequence[str],
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-    ) -> ExecResult:
-        return ExecResult(0, b"", b"")
-
-    def destroy(self, vmid: int) -> None:
-        self.running.discard(vmid)
-
-    def ip_address(self, vmid: int) -> str | None:
-        return "10.77.5.50" if vmid in self.running else None
-
-    def interfaces(self, vmid: int) -> list[dict[str, Any]] | None:
-        if vmid not in self.running:
-            return None  # PVE answers null for a stopped CT
-        rows = [
-            {"ifname": "lo", "address": "00:00:00:00:00:00",
-             "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
-            {"ifname": "eth0", "address": "bc:24:11:00:00:05",
-             "addr_info": [{"family": "inet", "local": "10.77.5.50", "prefixlen": 24}]},
-        ]  # fmt: skip
-        return pve_interfaces(rows)
 
 
 class Api:
@@ -150,16 +92,7 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     lab = tmp_path / "lab"
-    cache = lab / "storage" / "local" / "template" / "cache"
-    cache.mkdir(parents=True)
-    with tarfile.open(cache / TEMPLATE, "w:gz") as t:
-        for name, data in (
-            ("./etc/hostname", b"localhost\n"),
-            ("./etc/os-release", b"ID=debian\n"),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+    make_template(lab / "storage" / "local" / "template" / "cache" / TEMPLATE)
     runtime = ExtractOnlyRuntime()
     node = Node(lab, runtime, NODE)
     node.auth.add_token(TOKEN_ID, SECRET)

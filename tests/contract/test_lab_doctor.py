@@ -12,11 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import io
 import json
 import shutil
 import ssl
-import tarfile
 import threading
 import time
 import urllib.parse
@@ -28,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from labstub import make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.aplinfo import Appliance, render_index
 from pvelab.backend.node import Node
@@ -86,19 +85,11 @@ class Served:
             return json.loads(r.read())["data"]
 
 
-def _tiny_template(path: Path) -> None:
-    with tarfile.open(path, "w:gz") as t:
-        data = b"PRETTY_NAME=lab\n"
-        info = tarfile.TarInfo("./etc/os-release")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     www = tmp_path / "www"
     www.mkdir()
-    _tiny_template(www / TEMPLATE)
+    make_template(www / TEMPLATE, {"./etc/os-release": b"PRETTY_NAME=lab\n"})
     sha = hashlib.sha512((www / TEMPLATE).read_bytes()).hexdigest()
     (www / "aplinfo.dat").write_text(
         render_index(
@@ -257,18 +248,16 @@ def test_aplinfo_download_refuses_a_changed_file(served: Served) -> None:
         c.post(f"/nodes/{NODE}/aplinfo", storage="local", template=TEMPLATE)
 
 
-def test_cli_doctor_exit_codes_and_json(
-    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner  # noqa: PLC0415
-
-    from pvestack.cli import app  # noqa: PLC0415
-
+def stack_file(
+    served: Served, path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = ""
+) -> Path:
+    """A stack file for one CT (105) on the served node from its template, the deploy
+    token's secret in the environment and no other PVESTACK_* that could override it;
+    ``extra`` goes after ``[root]``."""
     sha = hashlib.sha512((served.www / TEMPLATE).read_bytes()).hexdigest()
-    stack = tmp_path / "stack.toml"
-    stack.write_text(
+    path.write_text(
         f'[pve]\napi_url = "{served.server.url}"\ntoken_id = "{DEPLOY_TOKEN}"\n'
-        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n'
+        f'fingerprint = "{served.server.fingerprint}"\n[root]\nvia = "console"\n{extra}'
         f'[[stack]]\nname = "hermes"\nnode = "{NODE}"\nvmid = 105\nhostname = "hermes"\n'
         'memory = 2048\ndatastore = "local-lvm"\ndisk_gb = 8\n'
         f'[stack.network]\nbridge = "{BRIDGE}"\n'
@@ -279,6 +268,17 @@ def test_cli_doctor_exit_codes_and_json(
     for k in ("PVESTACK_API_URL", "PVESTACK_TOKEN_ID", "PVESTACK_FINGERPRINT", "PVESTACK_NODE",
               "PVESTACK_ROOT_VIA", "PVESTACK_CA_FILE"):  # fmt: skip
         monkeypatch.delenv(k, raising=False)
+    return path
+
+
+def test_cli_doctor_exit_codes_and_json(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from pvestack.cli import app  # noqa: PLC0415
+
+    stack = stack_file(served, tmp_path / "stack.toml", monkeypatch)
     runner = CliRunner()
     ok = runner.invoke(app, ["doctor", "-c", str(stack)])
     assert ok.exit_code == 0, ok.output

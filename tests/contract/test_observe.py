@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +11,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from labstub import StubRuntime
-from test_lab_backend_node import OSTEMPLATE, TEMPLATE, make_template
-
+from labstub import OSTEMPLATE, TEMPLATE, StubRuntime, make_template
 from pvelab.api.server import LabApiServer
 from pvelab.backend.conf import CtConf, Section
 from pvelab.backend.node import Node
@@ -149,7 +145,7 @@ def test_lock_create_without_a_task_says_pct_unlock_never_adopt(
 ) -> None:
     server, node, _ = lab
     with node.locked():
-        node._write(VMID, CtConf(Section({"lock": "create"})))  # a create whose task died
+        node.write_conf(VMID, CtConf(Section({"lock": "create"})))  # a create whose task died
     with pytest.raises(GuestLockedError) as ei:
         observe(lab_client(server), desired())
     text = f"{ei.value} {ei.value.hint}"

@@ -20,15 +20,14 @@ from test_lab_daytwo import NODE, Api, _client, api  # noqa: F401  (api: the fix
 from pvestack._commands import Step, cmd
 from pvestack._engine import Upgrader
 from pvestack._errors import RollbackFailed, RootStepError, SnapshotUnavailable, UpgradeFailed
+from pvestack._guestfacts import ServiceUpgrade, UpgradeMarker
 from pvestack._model import (
     Action,
     ActionKind,
     Actor,
     Change,
     Running,
-    ServiceUpgrade,
     Target,
-    UpgradeMarker,
     UpgradeSpec,
 )
 from pvestack._steps import upgrade as upgrade_steps

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import Api, host_tmpdir, make_lab, skip_reason
+from labkit import Api, host_tmpdir, running_lab, skip_reason
 
 from pvelab.control import Lab
 
@@ -29,12 +29,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if skip_reason():
         pytest.skip(skip_reason() or "")
-    lab = make_lab(host_tmpdir("pvestack-labtest-"), 1)
-    try:
-        lab.up(install=False)
+    with running_lab("pvestack-labtest-", 1) as lab:
         yield lab
-    finally:
-        lab.down(purge=True)
 
 
 @pytest.fixture

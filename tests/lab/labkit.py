@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,163 @@ def make_lab(tmp: Path, n: int) -> Lab:
     lab = Lab(tmp, settings)
     seed_template(lab.cache)
     return lab
+
+
+@contextlib.contextmanager
+def running_lab(prefix: str, n: int) -> Iterator[Lab]:
+    """Lab number ``n`` (see ``make_lab``) up in a new host dir for the block, then down."""
+    lab = make_lab(host_tmpdir(prefix), n)
+    try:
+        lab.up(install=False)
+        yield lab
+    finally:
+        lab.down(purge=True)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once, then let go)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def link_images(lab: Lab, tarballs: tuple[str, ...]) -> None:
+    """The built lab images, linked into the lab's ``images/`` (where the recipes read them)."""
+    (lab.dir / "images").mkdir(exist_ok=True)
+    for t in tarballs:
+        (lab.dir / "images" / t).symlink_to(LAB_IMAGES / t)
+
+
+PVESTACK = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pvestack")
+#: the last line the console's root-steps script prints
+ROOT_MARKER = "PVESTACK-ROOT-STEPS-DONE"
+#: uid/gid 10000 inside -> 165535 on the host; the rest as PVE's default (within the
+#: root:100000:65536 range the lab already has, so /etc/subuid is not touched)
+SPLIT_IDMAP = [
+    "u 0 100000 10000", "u 10000 165535 1", "u 10001 110001 55534",
+    "g 0 100000 10000", "g 10000 165535 1", "g 10001 110001 55534",
+]  # fmt: skip
+
+
+def pvestack(
+    env: dict[str, str], *args: str, timeout: float = 1200
+) -> subprocess.CompletedProcess[str]:
+    """The worktree's ``pvestack`` CLI, its output captured, stdin /dev/null."""
+    return subprocess.run(
+        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def extract_script(stdout: str) -> str:
+    """The root-steps script a console-mode apply prints for the user to paste."""
+    start = stdout.index("#!/usr/bin/env bash")
+    call = "pvestack_root_steps </dev/null"
+    end = stdout.index(call, stdout.index(f"echo {ROOT_MARKER}", start)) + len(call)
+    return stdout[start:end] + "\n"
+
+
+def _read_until(fd: int, buf: bytes, done: bytes | None, deadline: float) -> bytes:
+    """Read the child's terminal until ``done`` shows (None: until it closes)."""
+    while done is None or done not in buf:
+        assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
+        r, _, _ = select.select([fd], [], [], 5)
+        if not r:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return buf
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def apply_on_a_terminal(
+    args: list[str], run_env: dict[str, str], ssh_env: dict[str, str], timeout: float = 900
+) -> tuple[int, str]:
+    """``pvestack ARGS`` on a terminal (a pty): read until the printed script ends, paste
+    the script into root's shell on the node (over its SSH, as the user would), read until
+    pvestack exits. Returns its exit code and everything it wrote (``\\n`` line ends)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pvestack with a terminal on stdin/stdout
+        os.execve(PVESTACK, [PVESTACK, *args], run_env)
+    deadline = time.monotonic() + timeout
+    try:
+        buf = _read_until(fd, b"", b"# --- end of script ---", deadline)
+        text = buf.decode(errors="replace").replace("\r\n", "\n")
+        pasted = ssh(ssh_env, "bash -s", 900, stdin=extract_script(text))
+        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+        buf = _read_until(fd, buf, None, deadline)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGTERM)  # our own child, by pid
+            os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), buf.decode(errors="replace").replace("\r\n", "\n")
+
+
+def wait_systemd(lab: Lab, vmid: int, timeout: float = 120) -> None:
+    """Until systemd in the CT says ``running`` (or ``degraded``)."""
+    rt = lab.runtime()
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = rt.exec(vmid, ["systemctl", "is-system-running"]).stdout.decode().strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"CT {vmid}: systemd is {state!r}")
+
+
+# Stack file pieces (``str.format`` templates: ``{{``/``}}`` are braces) the lab's env fills.
+STACK_PVE = """
+[pve]
+api_url = "${{PVESTACK_API_URL}}"
+token_id = "${{PVESTACK_TOKEN_ID}}"
+token_secret = {{ env = "PVESTACK_TOKEN_SECRET" }}
+fingerprint = "${{PVESTACK_FINGERPRINT:-}}"
+"""
+#: one small CT (``{name}``, ``{vmid}``, ``{idmap}``) from the lab template on its bridge
+STACK_LAB_CT = """
+[[stack]]
+name = "{name}"
+node = "${{PVESTACK_NODE}}"
+vmid = {vmid}
+memory = 512
+swap = 0
+disk_gb = 2
+datastore = "${{PVESTACK_LAB_ROOTDIR_STORAGE}}"
+features = {{ nesting = true, keyctl = true }}
+idmap = {idmap}
+
+[stack.network]
+bridge = "${{PVESTACK_LAB_BRIDGE}}"
+ipv4 = "dhcp"
+
+[stack.template]
+storage = "local"
+url = "${{PVESTACK_LAB_TEMPLATE_URL}}"
+checksum = "${{PVESTACK_LAB_TEMPLATE_SHA512}}"
+checksum_algorithm = "sha512"
+"""
+
+
+def download_template(api: Api, env: dict[str, str]) -> str:
+    """The lab's template into ``local`` through the API (download-url, sha512 checked)."""
+    name = template.TEMPLATE_NAME
+    upid = api.ok(
+        "POST", "/nodes/{node}/storage/local/download-url", url=env["PVESTACK_LAB_TEMPLATE_URL"],
+        content="vztmpl", filename=name, checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
+        **{"checksum-algorithm": "sha512"},
+    )  # fmt: skip
+    assert api.wait(upid)["exitstatus"] == "OK"
+    return name
 
 
 class Api:

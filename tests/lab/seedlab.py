@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh
 
 from pvelab.control import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
 TARBALLS = ("hermes-agent-0.18.2-boot2.tar", "hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 MOCK_ANSWER = "OK (the lab gateway's mock model)"
@@ -85,9 +83,7 @@ class SeedLab:
 
         request.session.config.add_cleanup(down)
         lab.up(install=False)
-        (lab.dir / "images").mkdir(exist_ok=True)
-        for t in TARBALLS:
-            (lab.dir / "images" / t).symlink_to(IMAGES / t)
+        link_images(lab, TARBALLS)
         net = ipaddress.ip_network(lab.settings.subnet)
         hosts = list(net.hosts())
         gw_ip = str(hosts[-5])

@@ -12,38 +12,33 @@ alone over the CT's own SSH (pinned to the recorded key) and verify is green; a 
 from __future__ import annotations
 
 import os
-import pty
-import select
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import (
+    ROOT_MARKER,
+    SPLIT_IDMAP,
+    STACK_LAB_CT,
+    STACK_PVE,
+    apply_on_a_terminal,
+    closed_port,
+    extract_script,
+    pvestack,
+    running_lab,
+    ssh,
+)
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-MARKER = "PVESTACK-ROOT-STEPS-DONE"
 VMID = 251
-IDMAP = [
-    "u 0 100000 10000", "u 10000 165535 1", "u 10001 110001 55534",
-    "g 0 100000 10000", "g 10000 165535 1", "g 10001 110001 55534",
-]  # fmt: skip
+IDMAP = SPLIT_IDMAP
 
-STACK = """
-[pve]
-api_url = "${{PVESTACK_API_URL}}"
-token_id = "${{PVESTACK_TOKEN_ID}}"
-token_secret = {{ env = "PVESTACK_TOKEN_SECRET" }}
-fingerprint = "${{PVESTACK_FINGERPRINT:-}}"
-
+STACK = (
+    STACK_PVE
+    + """
 [root]
 via = "console"
 
@@ -51,65 +46,20 @@ via = "console"
 host = "127.0.0.1"
 port = {closed}
 key_file = "/nonexistent/key"
-
-[[stack]]
-name = "{name}"
-node = "${{PVESTACK_NODE}}"
-vmid = {vmid}
-memory = 512
-swap = 0
-disk_gb = 2
-datastore = "${{PVESTACK_LAB_ROOTDIR_STORAGE}}"
-features = {{ nesting = true, keyctl = true }}
-idmap = {idmap}
-
-[stack.network]
-bridge = "${{PVESTACK_LAB_BRIDGE}}"
-ipv4 = "dhcp"
-
-[stack.template]
-storage = "local"
-url = "${{PVESTACK_LAB_TEMPLATE_URL}}"
-checksum = "${{PVESTACK_LAB_TEMPLATE_SHA512}}"
-checksum_algorithm = "sha512"
 """
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+    + STACK_LAB_CT
+)
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = make_lab(host_tmpdir("pvestack-labconsole-"), 5)
-    try:
-        lab.up(install=False)
+    with running_lab("pvestack-labconsole-", 5) as lab:
         yield lab
-    finally:
-        lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
 def env(lab: Lab) -> dict[str, str]:
     return {**os.environ, **lab.env()}
-
-
-def pvestack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=1200, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def extract_script(stdout: str) -> str:
-    start = stdout.index("#!/usr/bin/env bash")
-    call = "pvestack_root_steps </dev/null"
-    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
-    return stdout[start:end] + "\n"
 
 
 def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Path) -> None:
@@ -143,7 +93,7 @@ def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Pat
     # the operator pastes it into the node's shell (root on the lab node)
     pasted = ssh(env, "bash -s", 900, stdin=script)
     assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-    assert pasted.stdout.rstrip().splitlines()[-1] == MARKER
+    assert pasted.stdout.rstrip().splitlines()[-1] == ROOT_MARKER
     cfg = ssh(env, f"pct config {VMID}", 60).stdout
     assert "pvestack-hostkey: SHA256:" in cfg.replace("%3A", ":").replace("%20", " ")
 
@@ -160,23 +110,6 @@ def test_console_only_user_finishes(lab: Lab, env: dict[str, str], tmp_path: Pat
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def read_until(fd: int, buf: bytes, done: bytes | None, deadline: float) -> bytes:
-    """Read the child's terminal until ``done`` shows (None: until it closes)."""
-    while done is None or done not in buf:
-        assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-        r, _, _ = select.select([fd], [], [], 5)
-        if not r:
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            return buf
-        if not chunk:
-            return buf
-        buf += chunk
-    return buf
-
-
 def test_on_a_terminal_apply_waits_for_the_record_then_goes_on(
     lab: Lab, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -188,24 +121,7 @@ def test_on_a_terminal_apply_waits_for_the_record_then_goes_on(
     idmap = "[" + ", ".join(f'"{line}"' for line in IDMAP) + "]"
     f = tmp_path / "tty.toml"
     f.write_text(STACK.format(closed=closed_port(), vmid=VMID + 1, idmap=idmap, name="viatty"))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: pvestack with a terminal
-        os.execve(PVESTACK, [PVESTACK, "apply", "-c", str(f)], run_env)
-    deadline = time.monotonic() + 900
-    try:
-        buf = read_until(fd, b"", b"# --- end of script ---", deadline)
-        text = buf.decode(errors="replace").replace("\r\n", "\n")
-        pasted = ssh(env, "bash -s", 900, stdin=extract_script(text))
-        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-        buf = read_until(fd, buf, None, deadline)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGTERM)  # our own child, by pid
-            os.waitpid(pid, 0)
-        os.close(fd)
-    text = buf.decode(errors="replace").replace("\r\n", "\n")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    code, text = apply_on_a_terminal(["apply", "-c", str(f)], run_env, env)
+    assert code == 0, text[-3000:]
     assert "root steps done" in text.split("# --- end of script ---", 1)[1], text[-3000:]
     assert "SSH to 127.0.0.1" not in text

@@ -19,64 +19,47 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import labkit
 import pytest
-from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import (
+    ROOT_MARKER,
+    closed_port,
+    ensure_lab_images,
+    extract_script,
+    link_images,
+    running_lab,
+    ssh,
+)
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
 TARBALLS = ("hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
-MARKER = "PVESTACK-ROOT-STEPS-DONE"
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     ensure_lab_images(TARBALLS)
-    lab = make_lab(host_tmpdir("pvestack-labconseed-"), 4)
-    try:
-        lab.up(install=False)
-        yield lab
-    finally:
-        lab.down(purge=True)
-        shutil.rmtree(lab.dir, ignore_errors=True)
+    with running_lab("pvestack-labconseed-", 4) as lab:
+        try:
+            yield lab
+        finally:
+            shutil.rmtree(lab.dir, ignore_errors=True)
 
 
 def pvestack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=3000, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def extract_script(stdout: str) -> str:
-    start = stdout.index("#!/usr/bin/env bash")
-    call = "pvestack_root_steps </dev/null"
-    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
-    return stdout[start:end] + "\n"
+    return labkit.pvestack(env, *args, timeout=3000)
 
 
 def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
-    (lab.dir / "images").mkdir(exist_ok=True)
-    for t in TARBALLS:
-        (lab.dir / "images" / t).symlink_to(IMAGES / t)
+    link_images(lab, TARBALLS)
     net = ipaddress.ip_network(lab.settings.subnet)
     hosts = list(net.hosts())
     gw_ip = str(hosts[-5])
@@ -111,7 +94,7 @@ def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:
 
     pasted = ssh(node_env, "bash -s", 1200, stdin=script)
     assert pasted.returncode == 0, pasted.stdout[-3000:] + pasted.stderr[-3000:]
-    assert pasted.stdout.rstrip().splitlines()[-1] == MARKER
+    assert pasted.stdout.rstrip().splitlines()[-1] == ROOT_MARKER
 
     # argv seen in the containers while the guest steps run: `ps` snapshots
     snapshots: list[str] = []

@@ -8,26 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from labkit import Api, ssh
+from labkit import Api, download_template, ssh, wait_systemd
 
 from pvelab.control import Lab
-from pvelab.runtime import template
 
 pytestmark = pytest.mark.lab
 
 VMID, RESTORED = 251, 252
-
-
-def _running(lab: Lab, vmid: int, timeout: float = 120) -> None:
-    rt = lab.runtime()
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        state = rt.exec(vmid, ["systemctl", "is-system-running"]).stdout.decode().strip()
-        if state in ("running", "degraded"):
-            return
-        time.sleep(1)
-    raise AssertionError(f"CT {vmid}: systemd is {state!r}")
 
 
 def _sh(lab: Lab, vmid: int, script: str) -> tuple[int, str]:
@@ -38,13 +25,7 @@ def _sh(lab: Lab, vmid: int, script: str) -> tuple[int, str]:
 def test_snapshot_rollback_then_vzdump_and_pct_restore(
     lab: Lab, env: dict[str, str], api: Api
 ) -> None:
-    name = template.TEMPLATE_NAME
-    upid = api.ok(
-        "POST", "/nodes/{node}/storage/local/download-url", url=env["PVESTACK_LAB_TEMPLATE_URL"],
-        content="vztmpl", filename=name, checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
-        **{"checksum-algorithm": "sha512"},
-    )  # fmt: skip
-    assert api.wait(upid)["exitstatus"] == "OK"
+    name = download_template(api, env)
     upid = api.ok(
         "POST", "/nodes/{node}/lxc", vmid=VMID, ostemplate=f"local:vztmpl/{name}",
         hostname="daytwo", unprivileged=1, memory=512, swap=256, cores=1, start=1,
@@ -52,7 +33,7 @@ def test_snapshot_rollback_then_vzdump_and_pct_restore(
         net0=f"name=eth0,bridge={env['PVESTACK_LAB_BRIDGE']},ip=dhcp",
     )  # fmt: skip
     assert api.wait(upid)["exitstatus"] == "OK"
-    _running(lab, VMID)
+    wait_systemd(lab, VMID)
     assert _sh(lab, VMID, "echo kept > /root/before.txt")[0] == 0
 
     # snapshot (running CT), write a file, roll back with start=1: the file is gone
@@ -65,7 +46,7 @@ def test_snapshot_rollback_then_vzdump_and_pct_restore(
     t0 = time.monotonic()
     upid = api.ok("POST", f"/nodes/{{node}}/lxc/{VMID}/snapshot/{snap}/rollback", start=1)
     assert api.wait(upid)["exitstatus"] == "OK"
-    _running(lab, VMID)
+    wait_systemd(lab, VMID)
     t_rollback = time.monotonic() - t0
     assert _sh(lab, VMID, "test -e /root/after.txt")[0] != 0
     assert _sh(lab, VMID, "cat /root/before.txt") == (0, "kept\n")
@@ -95,7 +76,7 @@ def test_snapshot_rollback_then_vzdump_and_pct_restore(
     )  # --unique
     upid = api.ok("POST", f"/nodes/{{node}}/lxc/{RESTORED}/status/start")
     assert api.wait(upid)["exitstatus"] == "OK"
-    _running(lab, RESTORED)
+    wait_systemd(lab, RESTORED)
     assert _sh(lab, RESTORED, "cat /root/before.txt") == (0, "kept\n")
     # GET .../interfaces: `ip --json a` in the CT's network namespace, as PVE reads it
     addrs: list[str] = []

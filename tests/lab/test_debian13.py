@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from labkit import Api
+from labkit import Api, wait_systemd
 
 from pvelab.control import Lab
 from pvelab.runtime import template
@@ -77,11 +77,7 @@ def test_debian13_from_aplinfo_boots_and_runs_docker(
     assert api.wait(upid)["exitstatus"] == "OK"
     rt = lab.runtime()
     try:
-        state, deadline = "", time.monotonic() + 120
-        while time.monotonic() < deadline and state not in ("running", "degraded"):
-            state = rt.exec(VMID, ["systemctl", "is-system-running"]).stdout.decode().strip()
-            time.sleep(1)
-        assert state in ("running", "degraded"), state
+        wait_systemd(lab, VMID)
         release = rt.exec(VMID, ["cat", "/etc/os-release"]).stdout.decode()
         assert "VERSION_CODENAME=trixie" in release, release
         ip, deadline = None, time.monotonic() + 60

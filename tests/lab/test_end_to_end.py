@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import Api, ssh
+from labkit import Api, download_template, ssh, wait_systemd
 
 from pvelab.control import Lab
 from pvelab.runtime import template
@@ -36,17 +36,7 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
 ) -> None:
     t_start = time.monotonic()
     # The token downloads the lab's template (a real HTTP download, checksum verified).
-    name = template.TEMPLATE_NAME
-    upid = api.ok(
-        "POST",
-        "/nodes/{node}/storage/local/download-url",
-        url=env["PVESTACK_LAB_TEMPLATE_URL"],
-        content="vztmpl",
-        filename=name,
-        checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
-        **{"checksum-algorithm": "sha512"},
-    )
-    assert api.wait(upid)["exitstatus"] == "OK"
+    name = download_template(api, env)
 
     # The token creates an unprivileged CT with nesting (a token may set nesting alone).
     upid = api.ok(
@@ -87,17 +77,10 @@ def test_token_root_systemd_dhcp_bindmount_docker_nested(
     assert api.wait(upid)["exitstatus"] == "OK"
     cur = api.ok("GET", f"/nodes/{{node}}/lxc/{VMID}/status/current")
     assert cur["status"] == "running"
+    wait_systemd(lab, VMID)
     rt = lab.runtime()
-    deadline = time.monotonic() + 120
-    state = ""
-    while time.monotonic() < deadline:
-        state = rt.exec(VMID, ["systemctl", "is-system-running"]).stdout.decode().strip()
-        if state in ("running", "degraded"):
-            break
-        time.sleep(1)
-    assert state in ("running", "degraded"), state
     assert rt.exec(VMID, ["cat", "/proc/1/comm"]).stdout.decode().strip() == "systemd"
-    ip = None
+    ip, deadline = None, time.monotonic() + 60
     while time.monotonic() < deadline and ip is None:
         ip = rt.ip_address(VMID)
         time.sleep(0.5)

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
 TARBALLS = ("hermes-agent-0.18.2-boot2.tar", "hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 GW, HERMES = 217, 218
 
@@ -43,9 +41,7 @@ def lab() -> Iterator[Lab]:
     lab = make_lab(host_tmpdir("pvestack-labguest-"), 5)
     try:
         lab.up(install=False)
-        (lab.dir / "images").mkdir(exist_ok=True)
-        for t in TARBALLS:
-            (lab.dir / "images" / t).symlink_to(IMAGES / t)
+        link_images(lab, TARBALLS)
         # record every `pct` argv the node receives (secrets must never be there)
         pct = lab.dir / "bin" / "pct"
         pct.rename(pct.with_name("pct.real"))

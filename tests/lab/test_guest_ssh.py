@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import Api, ssh
+from labkit import Api, download_template, ssh
 
 from pvelab.control import Lab
-from pvelab.runtime import template
 from pvestack._client import ClientSettings, PveClient
 from pvestack._commands import Payload, Secret, Step
 from pvestack._errors import HostKeyError, TransportError
@@ -71,17 +70,7 @@ def _description(api: Api) -> str:
 
 
 def _create(lab: Lab, env: dict[str, str], api: Api, public_key: str, ipv4: str) -> str:
-    name = template.TEMPLATE_NAME
-    upid = api.ok(
-        "POST",
-        "/nodes/{node}/storage/local/download-url",
-        url=env["PVESTACK_LAB_TEMPLATE_URL"],
-        content="vztmpl",
-        filename=name,
-        checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
-        **{"checksum-algorithm": "sha512"},
-    )
-    assert api.wait(upid)["exitstatus"] == "OK"
+    name = download_template(api, env)
     description = "Guest SSH test: keep me\n\n  indented: a%b\npvestack-stack: guestssh\nafter"
     upid = api.ok(
         "POST",

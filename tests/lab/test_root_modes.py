@@ -8,39 +8,34 @@ directories' owners (computed from that map, not the seed's values) and mode, ru
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import host_tmpdir, make_lab, ssh
+from labkit import (
+    ROOT_MARKER,
+    SPLIT_IDMAP,
+    STACK_LAB_CT,
+    STACK_PVE,
+    apply_on_a_terminal,
+    extract_script,
+    host_tmpdir,
+    pvestack,
+    running_lab,
+    ssh,
+)
 
 from pvelab.control import Lab
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
-PVESTACK = str(ROOT / ".venv" / "bin" / "pvestack")
-MARKER = "PVESTACK-ROOT-STEPS-DONE"
-# uid/gid 10000 inside -> 165535 on the host; the rest as PVE's default (within the
-# root:100000:65536 range the lab already has, so /etc/subuid is not touched).
-IDMAP = [
-    "u 0 100000 10000", "u 10000 165535 1", "u 10001 110001 55534",
-    "g 0 100000 10000", "g 10000 165535 1", "g 10001 110001 55534",
-]  # fmt: skip
+IDMAP = SPLIT_IDMAP
 
-STACK = """
-[pve]
-api_url = "${{PVESTACK_API_URL}}"
-token_id = "${{PVESTACK_TOKEN_ID}}"
-token_secret = {{ env = "PVESTACK_TOKEN_SECRET" }}
-fingerprint = "${{PVESTACK_FINGERPRINT:-}}"
-
+STACK = (
+    STACK_PVE
+    + """
 [root]
 via = "{via}"
 
@@ -53,28 +48,9 @@ via = "pct"
 host = "${{PVESTACK_SSH_HOST}}"
 key_file = "${{PVESTACK_SSH_KEY}}"
 known_hosts = "${{PVESTACK_SSH_KNOWN_HOSTS}}"
-
-[[stack]]
-name = "{name}"
-node = "${{PVESTACK_NODE}}"
-vmid = {vmid}
-memory = 512
-swap = 0
-disk_gb = 2
-datastore = "${{PVESTACK_LAB_ROOTDIR_STORAGE}}"
-features = {{ nesting = true, keyctl = true }}
-idmap = {idmap}
-
-[stack.network]
-bridge = "${{PVESTACK_LAB_BRIDGE}}"
-ipv4 = "dhcp"
-
-[stack.template]
-storage = "local"
-url = "${{PVESTACK_LAB_TEMPLATE_URL}}"
-checksum = "${{PVESTACK_LAB_TEMPLATE_SHA512}}"
-checksum_algorithm = "sha512"
-
+"""
+    + STACK_LAB_CT
+    + """
 [[stack.mount]]
 host_path = "{data}/app"
 path = "/srv/app"
@@ -85,16 +61,13 @@ mode = "0750"
 host_path = "{data}/cfg"
 path = "/etc/app"
 """
+)
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = make_lab(host_tmpdir("pvestack-labroot-"), 7)
-    try:
-        lab.up(install=False)
+    with running_lab("pvestack-labroot-", 7) as lab:
         yield lab
-    finally:
-        lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +84,6 @@ def data() -> Iterator[Path]:
         yield d
     finally:
         subprocess.run(["rm", "-rf", "--", str(d)], check=False)
-
-
-def pvestack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PVESTACK, *args], env=env, capture_output=True, text=True, timeout=1200, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def write_stack(tmp: Path, data: Path, via: str, name: str, vmid: int) -> Path:
@@ -164,13 +130,6 @@ def ct_pid(env: dict[str, str], vmid: int) -> str:
     return pid[0]
 
 
-def extract_script(stdout: str) -> str:
-    start = stdout.index("#!/usr/bin/env bash")
-    call = "pvestack_root_steps </dev/null"  # the paste-safe form ends with the call
-    end = stdout.index(call, stdout.index(f"echo {MARKER}", start)) + len(call)
-    return stdout[start:end] + "\n"
-
-
 def test_ssh_and_console_reach_the_same_state(
     lab: Lab, env: dict[str, str], data: Path, tmp_path: Path
 ) -> None:
@@ -190,13 +149,13 @@ def test_ssh_and_console_reach_the_same_state(
     # paste it into the node's shell (the lab node's root shell over its sshd)
     first = ssh(env, "bash -s", 900, stdin=script)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.rstrip().splitlines()[-1] == MARKER
+    assert first.stdout.rstrip().splitlines()[-1] == ROOT_MARKER
     cfg_once = pct_config(env, 242)
     host_once = host_state(data, "viaconsole")
     pid_once = ct_pid(env, 242)
     again = ssh(env, "bash -s", 900, stdin=script)  # idempotent: nothing changes
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.rstrip().splitlines()[-1] == MARKER
+    assert again.stdout.rstrip().splitlines()[-1] == ROOT_MARKER
     assert pct_config(env, 242) == cfg_once
     assert host_state(data, "viaconsole") == host_once
     assert ct_pid(env, 242) == pid_once  # not rebooted again
@@ -244,42 +203,9 @@ def test_console_hand_off_waits_on_a_terminal(
     """On a terminal, apply prints the script, waits until the API shows its effects
     (polling), then carries on and finishes with exit 0 in the same run."""
     f = write_stack(tmp_path, data, "console", "viatty", 243)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: pvestack with a terminal on stdin/stdout
-        os.execve(PVESTACK, [PVESTACK, "apply", "-c", str(f), "--no-verify"], env)
-    buf = b""
-    try:
-        deadline = time.monotonic() + 600
-        while b"# --- end of script ---" not in buf:
-            assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-            r, _, _ = select.select([fd], [], [], 5)
-            if r:
-                buf += os.read(fd, 65536)
-        text = buf.decode(errors="replace").replace("\r\n", "\n")
-        assert "waiting for the root steps" not in text.split("#!/usr/bin/env bash")[0]
-        pasted = ssh(env, "bash -s", 900, stdin=extract_script(text))
-        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
-        while True:
-            assert time.monotonic() < deadline, buf.decode(errors="replace")[-3000:]
-            r, _, _ = select.select([fd], [], [], 5)
-            if not r:
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            buf += chunk
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGTERM)  # our own child, by pid
-            os.waitpid(pid, 0)
-        os.close(fd)
-    text = buf.decode(errors="replace").replace("\r\n", "\n")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    code, text = apply_on_a_terminal(["apply", "-c", str(f), "--no-verify"], env, env, 600)
+    assert code == 0, text[-3000:]
+    assert "waiting for the root steps" not in text.split("#!/usr/bin/env bash")[0]
     after = text.split("# --- end of script ---", 1)[1]
     assert "root steps done: the node shows their effects" in after
     assert env["PVESTACK_TOKEN_SECRET"] not in text

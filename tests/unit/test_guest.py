@@ -15,6 +15,16 @@ from typing import Any
 import pytest
 
 from pvestack._commands import Command, Payload, Secret, render_script, render_shell
+from pvestack._guestfacts import (
+    FACTS,
+    ComposeFact,
+    DockerFact,
+    GuestFacts,
+    ImageFact,
+    ManagedFact,
+    ServiceFact,
+    parse_guest_facts,
+)
 from pvestack._model import (
     AppFile,
     AppSpec,
@@ -61,9 +71,9 @@ def hermes_spec(model: str = "mock-gpt", *, uid: int = 10000, **over: Any) -> St
     return StackSpec("hermes", ct, app)
 
 
-def running(facts: dict[str, str] | None = None) -> ObservedStack:
+def running(facts: GuestFacts | None = None) -> ObservedStack:
     ct = ObservedContainer(VMID, "pve", "running", {}, "hermes")
-    return ObservedStack("hermes", VMID, ct, True, guest_facts=dict(facts or {}))
+    return ObservedStack("hermes", VMID, ct, True, guest_facts=facts)
 
 
 def all_commands(actions: Any) -> list[Command]:
@@ -180,16 +190,16 @@ def test_facts_program_agrees_with_the_planner(tmp_path: Path) -> None:
     argv = list(c.argv[c.argv.index("--") + 1 :])
     r = sh(argv[2], *argv[4:])
     assert r.returncode == 0, r.stderr
-    facts = guest.parse_guest_facts([r.stdout])
-    assert facts["docker"] in ("ok", "missing")
-    assert facts["image:pvestack-lab/hermes-agent:0.19.0"] in ("present", "missing")
-    facts.update(
-        {
-            "docker": "ok",
-            "compose": "v1",
-            "service:hermes": "running",
-            "image:pvestack-lab/hermes-agent:0.19.0": "present",
-        }
+    facts = parse_guest_facts([r.stdout])
+    assert facts is not None and facts.docker in (DockerFact.OK, DockerFact.MISSING)
+    assert facts.images["pvestack-lab/hermes-agent:0.19.0"] in ImageFact
+    assert len(facts.files) + len(facts.managed) + len(facts.yaml) == len(moved)
+    facts = replace(
+        facts,
+        docker=DockerFact.OK,
+        compose=ComposeFact.V1,
+        services={"hermes": ServiceFact("running", "pvestack-lab/hermes-agent:0.19.0")},
+        images={"pvestack-lab/hermes-agent:0.19.0": ImageFact.PRESENT},
     )
     assert guest.guest_actions(spec, running(facts), VMID) == ()
 
@@ -252,15 +262,36 @@ def test_nothing_observed_gives_every_step() -> None:
     assert env.after["other keys"] == "kept"
 
 
-def test_observed_whole_file_hashes_are_used_without_facts() -> None:
-    """With only H1's ``guest_files`` (sha256 per path), in-sync files are left alone."""
+def test_typed_file_facts_in_sync_leave_files_alone() -> None:
+    """Facts equal to what the steps write: no file action; one fact off (the mode, the
+    owner, the bytes): exactly that file is updated; unknown files are written if different."""
     spec = hermes_spec()
     assert spec.app is not None
-    hashes = {f.path: guest.content_sha256(f) for f in spec.app.files}
-    ct = ObservedContainer(VMID, "pve", "running", {}, "hermes")
-    obs = ObservedStack("hermes", VMID, ct, True, guest_files=hashes)
-    ids = [a.id for a in guest.guest_actions(spec, obs, VMID)]
+    whole = [f for f in spec.app.files if not (f.merge_env or f.merge_yaml)]
+    env = next(f for f in spec.app.files if f.merge_env)
+    cfg = next(f for f in spec.app.files if f.merge_yaml)
+    facts = GuestFacts(
+        docker=DockerFact.OK,
+        compose=ComposeFact.PLUGIN,
+        files={f.path: guest.file_want(f) for f in whole},
+        managed={env.path: ManagedFact(guest.managed_sha256(env))},
+        yaml={cfg.path: guest.yaml_want(cfg)},
+    )
+    ids = [a.id for a in guest.guest_actions(spec, running(facts), VMID)]
     assert not [i for i in ids if ":file:" in i]
+    want = guest.file_want(whole[0])
+    for off in (
+        replace(want, mode="644" if want.mode != "644" else "600"),
+        replace(want, uid=want.uid + 1),
+        replace(want, sha256="0" * 64),
+    ):
+        odd = replace(facts, files={**facts.files, whole[0].path: off})
+        acts = [a for a in guest.guest_actions(spec, running(odd), VMID) if ":file:" in a.id]
+        assert [a.id for a in acts] == [f"hermes:guest:file:{whole[0].path}"]
+        assert acts[0].before == {"file": "present"} and acts[0].after["content"] == "changes"
+    unknown = replace(facts, managed={})
+    (a,) = [a for a in guest.guest_actions(spec, running(unknown), VMID) if ":file:" in a.id]
+    assert a.id.endswith(env.path) and a.after["content"] == "written if different"
 
 
 def test_secrets_never_in_argv_and_scripts_refuse_them() -> None:
@@ -310,7 +341,7 @@ def test_docker_steps_are_guarded_and_end_with_a_probe(source: str) -> None:
 # ---------------------------------------------------------------- shellcheck
 
 
-PROGRAMS = {
+PROGRAMS = {"FACTS": FACTS} | {
     name: getattr(guest, name)
     for name in (
         "DOCKER_READY",
@@ -322,7 +353,6 @@ PROGRAMS = {
         "WRITE_FILE",
         "COMPOSE_UP",
         "DOCKER_LOAD",
-        "FACTS",
     )
 }
 
@@ -404,3 +434,33 @@ def test_docker_ce_refuses_a_key_with_another_fingerprint(
     log = calls.read_text()
     assert f"curl -fsSL {guest.DOCKER_KEY_URL} -o" in log
     assert "docker-ce" not in log  # never reached the install
+
+
+def test_service_and_image_facts_drive_the_up_action() -> None:
+    """Every service running, images present, files in sync: nothing to do; one service
+    exited: compose up, showing each service's state; an unread service is unknown."""
+    spec = hermes_spec()
+    assert spec.app is not None
+    env = next(f for f in spec.app.files if f.merge_env)
+    cfg = next(f for f in spec.app.files if f.merge_yaml)
+    ref = "pvestack-lab/hermes-agent:0.19.0"
+    facts = GuestFacts(
+        docker=DockerFact.OK,
+        compose=ComposeFact.PLUGIN,
+        images={ref: ImageFact.PRESENT},
+        files={
+            f.path: guest.file_want(f) for f in spec.app.files if not (f.merge_env or f.merge_yaml)
+        },
+        managed={env.path: ManagedFact(guest.managed_sha256(env))},
+        yaml={cfg.path: guest.yaml_want(cfg)},
+        services={s: ServiceFact("running", ref) for s in spec.app.services},
+    )
+    assert guest.guest_actions(spec, running(facts), VMID) == ()
+    exited = replace(facts, services={**facts.services, "hermes": ServiceFact("exited", ref)})
+    (up,) = guest.guest_actions(spec, running(exited), VMID)
+    assert up.id == "hermes:guest:up" and up.before["hermes"] == "exited"
+    (up,) = guest.guest_actions(spec, running(replace(facts, services={})), VMID)
+    assert set(up.before.values()) == {"unknown"}
+    missing = replace(facts, images={ref: ImageFact.MISSING})
+    ids = [a.id for a in guest.guest_actions(spec, running(missing), VMID)]
+    assert ids == [f"hermes:guest:image:{ref}", "hermes:guest:up"]

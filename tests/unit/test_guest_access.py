@@ -8,13 +8,13 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_guest import VMID, hermes_spec
 
-from pvelab.pct import make_node, wrapper_script
+from labstub import pct_node
+from pvelab.pct import make_node
 from pvestack import _guest_settings as gs
 from pvestack._commands import Command, cmd
 from pvestack._config import parse_config
@@ -124,21 +124,9 @@ CONF = (
 def node(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """The lab's real ``pct`` on a node dir with CT 118 (not started); ``pct exec`` answers
     ssh-keygen's line with a fixed fingerprint (no container runs here)."""
-    lab = tmp_path / "lab"
-    (lab / "etc" / "pve" / "lxc").mkdir(parents=True)
-    (lab / "etc" / "pve" / "lxc" / "118.conf").write_text(CONF)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "pct-lab").write_text(wrapper_script(sys.executable, lab))
     fp_file = tmp_path / "fp"
     fp_file.write_text(FP)
-    (bin_dir / "pct").write_text(
-        "#!/bin/sh\n"
-        f'if [ "$1" = exec ]; then echo "256 $(cat {fp_file}) root@hermes (ED25519)"; exit 0; fi\n'
-        f'exec {bin_dir}/pct-lab "$@"\n'
-    )
-    for f in ("pct", "pct-lab"):
-        (bin_dir / f).chmod(0o755)
+    lab, bin_dir = pct_node(tmp_path, CONF, f"256 $(cat {fp_file}) root@hermes (ED25519)")
     env = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",

@@ -7,35 +7,19 @@ and tests/lab."""
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-from labstub import StubRuntime
 
+from labstub import OSTEMPLATE, TEMPLATE, StubRuntime, make_template
 from pvelab.backend.auth import Identity
 from pvelab.backend.errors import PveError
 from pvelab.backend.node import Node
 
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
-OSTEMPLATE = f"local:vztmpl/{TEMPLATE}"
 TOKEN = Identity("pvestack@pve", "deploy")
-
-
-def make_template(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as t:
-        for name, data in (
-            ("./etc/hostname", b"localhost\n"),
-            ("./etc/os-release", b"ID=debian\n"),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture
@@ -318,11 +302,8 @@ def test_node_lock_is_reentrant_and_excludes_other_processes(node: Node, tmp_pat
 
 def test_create_sets_the_root_password_hash(node: Node, tmp_path: Path) -> None:
     tpl = tmp_path / "storage/local/template/cache/with-shadow_1_amd64.tar.gz"
-    with tarfile.open(tpl, "w:gz") as t:
-        data = b"root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
-        info = tarfile.TarInfo("./etc/shadow")
-        info.size, info.mode = len(data), 0o640
-        t.addfile(info, io.BytesIO(data))
+    shadow = b"root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+    make_template(tpl, {"./etc/shadow": shadow}, mode=0o640)
     upid = node.create(
         {
             "vmid": 101,

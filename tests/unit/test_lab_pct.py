@@ -3,27 +3,19 @@ real-LXC path is in tests/lab): Proxmox syntax, output, PVE's messages and exit 
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
-from labstub import StubRuntime
 
+from labstub import TEMPLATE, StubRuntime, make_template
 from pvelab.backend.node import Node
 from pvelab.pct import main, run
-
-TEMPLATE = "debian-12-standard_12.12-1_amd64.tar.gz"
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     tpl = tmp_path / "storage/local/template/cache" / TEMPLATE
-    tpl.parent.mkdir(parents=True)
-    with tarfile.open(tpl, "w:gz") as t:
-        info = tarfile.TarInfo("./etc/hostname")
-        info.size = 10
-        t.addfile(info, io.BytesIO(b"localhost\n"))
+    make_template(tpl, {"./etc/hostname": b"localhost\n"})
     n = Node(tmp_path, StubRuntime(), "pve")
     params = {
         "vmid": 118,

@@ -9,13 +9,12 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from pvelab.pct import wrapper_script
+from labstub import pct_node
 from pvestack._commands import Step, cmd, render_script
 from pvestack._steps import guest_access as ga
 from pvestack._steps import root
@@ -41,19 +40,7 @@ EATER = Step(
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    lab = tmp_path / "lab"
-    (lab / "etc" / "pve" / "lxc").mkdir(parents=True)
-    (lab / "etc" / "pve" / "lxc" / "118.conf").write_text(CONF)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "pct-lab").write_text(wrapper_script(sys.executable, lab))
-    (bin_dir / "pct").write_text(
-        "#!/bin/sh\n"
-        f'if [ "$1" = exec ]; then echo "256 {FP} root@hermes (ED25519)"; exit 0; fi\n'
-        f'exec {bin_dir}/pct-lab "$@"\n'
-    )
-    for f in ("pct", "pct-lab"):
-        (bin_dir / f).chmod(0o755)
+    lab, bin_dir = pct_node(tmp_path, CONF, f"256 {FP} root@hermes (ED25519)")
     return {
         "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(tmp_path),

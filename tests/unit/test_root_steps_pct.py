@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pvelab.pct import wrapper_script
+from labstub import pct_node
 from pvestack._commands import Step
 from pvestack._model import BindMount, IdMap, IdMapEntry
 from pvestack._steps import root
@@ -25,13 +24,7 @@ CONF = (
 @pytest.fixture
 def node(tmp_path: Path) -> dict[str, str]:
     """A lab node dir with CT 118 (stopped) and ``pct`` first on PATH; the env to use."""
-    lab = tmp_path / "lab"
-    (lab / "etc" / "pve" / "lxc").mkdir(parents=True)
-    (lab / "etc" / "pve" / "lxc" / "118.conf").write_text(CONF)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "pct").write_text(wrapper_script(sys.executable, lab))
-    (bin_dir / "pct").chmod(0o755)
+    lab, bin_dir = pct_node(tmp_path, CONF)
     return {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",

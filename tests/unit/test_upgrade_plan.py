@@ -19,6 +19,21 @@ from examplekit import EXAMPLE, example_text
 from pvestack._config import json_schema, parse_config
 from pvestack._desired import build_desired
 from pvestack._errors import ConfigError
+from pvestack._guestfacts import (
+    FACTS,
+    ComposeFact,
+    DockerFact,
+    FactQuery,
+    GuestFacts,
+    ImageFact,
+    ManagedFact,
+    ServiceFact,
+    ServiceUpgrade,
+    UpgradeMarker,
+    parse_guest_facts,
+    parse_upgrade,
+    read_args,
+)
 from pvestack._model import (
     ActionKind,
     Actor,
@@ -27,10 +42,8 @@ from pvestack._model import (
     ObservedStack,
     ObservedState,
     Plan,
-    ServiceUpgrade,
-    UpgradeMarker,
 )
-from pvestack._plan import UpgradeInputs, parse_marker, plan, snapshot_blockers
+from pvestack._plan import UpgradeInputs, plan, snapshot_blockers
 from pvestack._render import render_text
 from pvestack._steps import guest
 from pvestack._steps import upgrade as upgrade_steps
@@ -52,7 +65,7 @@ def desired(extra: str = "", *, mounts: bool = False, image: str = NEW) -> Desir
 
 
 def observed(
-    d: DesiredState, facts: dict[str, str], *, config: dict[str, str] | None = None
+    d: DesiredState, facts: GuestFacts, *, config: dict[str, str] | None = None
 ) -> ObservedState:
     spec = d.stacks[0]
     assert spec.container.vmid is not None
@@ -64,23 +77,20 @@ def observed(
     return ObservedState((ct.node,), (), (st,))
 
 
-def in_sync_facts(d: DesiredState, running_image: str) -> dict[str, str]:
-    """What FACTS prints for a CT whose files match ``d`` and whose service runs
+def in_sync_facts(d: DesiredState, running_image: str) -> GuestFacts:
+    """What observe reads in a CT whose files match ``d`` and whose service runs
     ``running_image``: only the image differs."""
     app = d.stacks[0].app
     assert app is not None
-    facts = {"docker": "ok", "compose": "plugin", "service:hermes": "running",
-             "service-image:hermes": running_image}  # fmt: skip
-    for img in app.images:
-        facts[f"image:{img.ref}"] = "present"
-    for f in app.files:
-        if f.merge_yaml:
-            facts[f"yaml:{f.path}"] = guest.yaml_state(f)
-        elif f.merge_env:
-            facts[f"managed:{f.path}"] = guest.managed_sha256(f)
-        else:
-            facts[f"file:{f.path}"] = f"{guest.content_sha256(f)} {f.mode.lstrip('0')} 0:0"
-    return facts
+    return GuestFacts(
+        docker=DockerFact.OK,
+        compose=ComposeFact.PLUGIN,
+        images={img.ref: ImageFact.PRESENT for img in app.images},
+        files={f.path: guest.file_want(f) for f in app.files if not (f.merge_env or f.merge_yaml)},
+        managed={f.path: ManagedFact(guest.managed_sha256(f)) for f in app.files if f.merge_env},
+        yaml={f.path: guest.yaml_want(f) for f in app.files if f.merge_yaml},
+        services={"hermes": ServiceFact("running", running_image)},
+    )
 
 
 LVM = UpgradeInputs(storage_types={"local-lvm": "lvmthin", "local": "dir"})
@@ -228,15 +238,18 @@ def test_facts_program_reports_each_service_image_and_the_marker(tmp_path: Path)
     )
     fake.chmod(0o755)
     marker = tmp_path / "state" / "upgrade.json"
-    assert upgrade_steps.MARKER_PATH in guest.FACTS
-    facts_program = guest.FACTS.replace(upgrade_steps.MARKER_PATH, str(marker))
+    assert upgrade_steps.MARKER_PATH in FACTS
+    facts_program = FACTS.replace(upgrade_steps.MARKER_PATH, str(marker))
+    args = read_args(FactQuery("hermes"))
 
-    r = _sh(facts_program, "hermes", path=str(bindir))
+    r = _sh(facts_program, *args, path=str(bindir))
     assert r.returncode == 0, r.stderr
-    facts = guest.parse_guest_facts([r.stdout])
-    assert facts["service:hermes"] == "running" and facts["service:dashboard"] == "exited"
-    assert (facts["service-image:hermes"], facts["service-image:dashboard"]) == (OLD, NEW)
-    assert "upgrade" not in facts
+    facts = parse_guest_facts([r.stdout])
+    assert facts is not None and facts.upgrade is None
+    assert dict(facts.services) == {
+        "hermes": ServiceFact("running", OLD),
+        "dashboard": ServiceFact("exited", NEW),
+    }
 
     m = UpgradeMarker((ServiceUpgrade("hermes", OLD, NEW),), "pvestack-20261202T071500Z", None,
                       "upgrade")  # fmt: skip
@@ -245,21 +258,17 @@ def test_facts_program_reports_each_service_image_and_the_marker(tmp_path: Path)
     assert argv[2] == upgrade_steps.WRITE_MARKER and c.stdin is not None
     w = _sh(argv[2], str(marker.parent), str(marker), stdin=c.stdin.reveal().decode())
     assert w.returncode == 0, w.stderr
-    facts = guest.parse_guest_facts([_sh(facts_program, "hermes", path=str(bindir)).stdout])
-    assert parse_marker(facts["upgrade"]) == m
+    facts = parse_guest_facts([_sh(facts_program, *args, path=str(bindir)).stdout])
+    assert facts is not None and facts.upgrade == m
 
     # the next plan: upgrade (resume), even though the service already runs the new image
     d = desired()
-    resumed = {**in_sync_facts(d, NEW), "upgrade": facts["upgrade"]}
+    resumed = replace(in_sync_facts(d, NEW), upgrade=facts.upgrade)
     (a,) = guest_plan(d, observed(d, resumed)).actions
     assert a.id == "hermes:upgrade:resume" and a.upgrade is not None
     assert a.upgrade.resume == m and a.upgrade.services == m.services
-    assert (
-        "an upgrade was interrupted (phase upgrade, snapshot pvestack-20261202T071500Z)" in a.reason
-    )
-    assert "upgrade (resume): snapshot true" in render_text(
-        plan(d, observed(d, resumed), upgrade=LVM)
-    )
+    assert "interrupted (phase upgrade, snapshot pvestack-20261202T071500Z)" in a.reason
+    assert "upgrade (resume): snapshot true" in render_text(guest_plan(d, observed(d, resumed)))
 
     (c,) = upgrade_steps.clear_marker_step(118).commands
     argv = list(c.argv[c.argv.index("--") + 1 :])
@@ -268,4 +277,6 @@ def test_facts_program_reports_each_service_image_and_the_marker(tmp_path: Path)
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"to": 3}', '{"from": {}, "to": null}'])
 def test_an_unreadable_marker_is_no_marker(text: str) -> None:
-    assert parse_marker(text) is None
+    assert parse_upgrade(text) is None
+    facts = parse_guest_facts([f"docker\tok\nupgrade\t{text}\n"])
+    assert facts is not None and facts.upgrade is None

@@ -14,6 +14,17 @@ from typing import Any
 import yaml
 
 from pvestack._commands import Secret
+from pvestack._guestfacts import (
+    ABSENT,
+    FACTS,
+    UNREADABLE,
+    Absent,
+    FactQuery,
+    Unreadable,
+    YamlFact,
+    parse_guest_facts,
+    read_args,
+)
 from pvestack._model import AppFile, AppSpec
 from pvestack._steps import guest
 from pvestack.recipes import (
@@ -139,11 +150,12 @@ def write(f: AppFile, marks: Path) -> subprocess.CompletedProcess[str]:
     return sh(guest.WRITE_YAML, *args, stdin=c.stdin.reveal().decode())
 
 
-def fact(f: AppFile) -> str:
-    facts_args = ["p", "--yaml", f.path, *guest.guest_fact_commands_yaml_args(f)]
-    r = sh(guest.FACTS, *facts_args)
+def fact(f: AppFile) -> YamlFact | Absent | Unreadable | None:
+    r = sh(FACTS, *read_args(FactQuery("p", yaml=(guest.yaml_read(f),))))
     assert r.returncode == 0, r.stderr
-    return guest.parse_guest_facts([r.stdout])[f"yaml:{f.path}"]
+    facts = parse_guest_facts([r.stdout])
+    assert facts is not None
+    return facts.yaml.get(f.path)
 
 
 def test_write_yaml_restarts_only_when_a_managed_key_changes(tmp_path: Path) -> None:
@@ -161,10 +173,12 @@ def test_write_yaml_restarts_only_when_a_managed_key_changes(tmp_path: Path) -> 
     r = write(f, marks)
     assert "unchanged" in r.stdout and target.read_text() == before
     assert not (marks / "restart-hermes").exists()
-    assert fact(f) == guest.yaml_state(f)
+    assert fact(f) == guest.yaml_want(f)
     # a managed key edited by hand: the fact names it; apply writes it back, keeps the rest
     target.write_text(before.replace("mock-gpt", "hand-edited"))
-    assert guest.yaml_changes(f, fact(f)) == ("model.default",)
+    edited = fact(f)
+    assert isinstance(edited, YamlFact)
+    assert guest.yaml_changes(f, edited) == ("model.default",)
     r = write(f, marks)
     assert "written" in r.stdout and (marks / "restart-hermes").exists()
     doc = yaml.safe_load(target.read_text())
@@ -174,6 +188,6 @@ def test_write_yaml_restarts_only_when_a_managed_key_changes(tmp_path: Path) -> 
 
 def test_the_fact_reports_absent_and_unreadable(tmp_path: Path) -> None:
     f = replace(config(), path=str(tmp_path / "config.yaml"))
-    assert fact(f) == "-"
+    assert fact(f) == ABSENT
     Path(f.path).write_text("model: [unclosed\n")
-    assert fact(f) == "?"
+    assert fact(f) == UNREADABLE

@@ -40,7 +40,7 @@ from pvelab.backend.tasks import TaskLog
 
 if TYPE_CHECKING:
     from pvelab.backend.auth import Identity
-    from pvelab.backend.node import Node
+    from pvelab.backend.guests import Guests
 
 MOUNT_KEY = re.compile(r"^(rootfs|mp\d+)$")
 RESERVED = ("current", "vzdump")
@@ -78,24 +78,24 @@ def snapshot_volumes(opts: Mapping[str, str], backup_only: bool = False) -> list
             and (not backup_only or backup_enabled(k, opts[k]))]  # fmt: skip
 
 
-def has_snapshot_feature(node: Node, opts: Mapping[str, str], backup_only: bool) -> bool:
+def has_snapshot_feature(guests: Guests, opts: Mapping[str, str], backup_only: bool) -> bool:
     """PVE::LXC::Config->has_feature('snapshot', ...)."""
     for k, vol, _ in mounts(opts):
         if backup_only and not backup_enabled(k, opts[k]):
             continue
-        if not node.storages.snapshot_capable(vol):
+        if not guests.storages.snapshot_capable(vol):
             return False
     return True
 
 
-def snap_path(node: Node, vmid: int, snap: str, volid: str) -> Path:
+def snap_path(guests: Guests, vmid: int, snap: str, volid: str) -> Path:
     sid, _, name = volid.partition(":")
-    return node.storages.snapshot_dir(sid, vmid, snap) / name
+    return guests.storages.snapshot_dir(sid, vmid, snap) / name
 
 
-def _drop_copies(node: Node, vmid: int, snap: str, opts: Mapping[str, str]) -> None:
+def _drop_copies(guests: Guests, vmid: int, snap: str, opts: Mapping[str, str]) -> None:
     for volid in snapshot_volumes(opts):
-        path = snap_path(node, vmid, snap, volid)
+        path = snap_path(guests, vmid, snap, volid)
         shutil.rmtree(path, ignore_errors=True)
         for empty in (path.parent, path.parent.parent):  # <snap>/, then <vmid>/
             with contextlib.suppress(OSError):
@@ -105,9 +105,9 @@ def _drop_copies(node: Node, vmid: int, snap: str, opts: Mapping[str, str]) -> N
 # ------------------------------------------------------------------ create
 
 
-def _prepare(node: Node, vmid: int, snapname: str, description: str | None) -> dict[str, str]:
-    with node.locked():
-        c = node.load(vmid)
+def _prepare(guests: Guests, vmid: int, snapname: str, description: str | None) -> dict[str, str]:
+    with guests.locked():
+        c = guests.load(vmid)
         o = c.main.options
         if is_true(o.get("template")):
             raise PveError(500, "you can't take a snapshot if it's a template")
@@ -115,7 +115,7 @@ def _prepare(node: Node, vmid: int, snapname: str, description: str | None) -> d
             raise PveError(500, f"CT is locked ({o['lock']})")
         if snapname in c.snapshots:
             raise PveError(500, f"snapshot name '{snapname}' already used")
-        if not has_snapshot_feature(node, o, snapname == "vzdump"):
+        if not has_snapshot_feature(guests, o, snapname == "vzdump"):
             raise PveError(500, "snapshot feature is not available")
         snap = {k: v for k, v in o.items() if _copyable(k)}
         snap["snapstate"] = "prepare"
@@ -123,13 +123,13 @@ def _prepare(node: Node, vmid: int, snapname: str, description: str | None) -> d
         snaps = dict(c.snapshots)
         snaps[snapname] = Section(snap, c.main.raw, description or None)
         main = replace(c.main, options={**o, "lock": "snapshot"})
-        node.write_conf(vmid, CtConf(main, c.pending, snaps))
+        guests.store.write(vmid, CtConf(main, c.pending, snaps))
         return snap
 
 
-def _commit(node: Node, vmid: int, snapname: str) -> None:
-    with node.locked():
-        c = node.load(vmid)
+def _commit(guests: Guests, vmid: int, snapname: str) -> None:
+    with guests.locked():
+        c = guests.load(vmid)
         if c.main.options.get("lock") != "snapshot":
             raise PveError(500, "missing snapshot lock")
         sec = c.snapshots.get(snapname)
@@ -141,75 +141,62 @@ def _commit(node: Node, vmid: int, snapname: str) -> None:
         )
         main = {k: v for k, v in c.main.options.items() if k != "lock"}
         main["parent"] = snapname
-        node.write_conf(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
+        guests.store.write(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
 
 
-def _abort(node: Node, vmid: int, snapname: str, opts: Mapping[str, str]) -> None:
+def _abort(guests: Guests, vmid: int, snapname: str, opts: Mapping[str, str]) -> None:
     """``snapshot create failed: starting cleanup``: copies, section and lock go."""
-    _drop_copies(node, vmid, snapname, opts)
-    with node.locked():
-        c = node.load(vmid)
+    _drop_copies(guests, vmid, snapname, opts)
+    with guests.locked():
+        c = guests.load(vmid)
         snaps = {n: s for n, s in c.snapshots.items() if n != snapname}
         main = {k: v for k, v in c.main.options.items() if k != "lock"}
-        node.write_conf(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
+        guests.store.write(vmid, CtConf(replace(c.main, options=main), c.pending, snaps))
 
 
-def take(node: Node, vmid: int, snapname: str, log: TaskLog, description: str | None) -> None:
+def take(guests: Guests, vmid: int, snapname: str, log: TaskLog, description: str | None) -> None:
     """The work of a ``vzsnapshot`` task (also vzdump's internal ``vzdump`` snapshot)."""
-    snap = _prepare(node, vmid, snapname, description)
+    snap = _prepare(guests, vmid, snapname, description)
     try:
         for volid in snapshot_volumes(snap, backup_only=snapname == "vzdump"):
-            log.write(f"snapshotting '{volid}' ({node.storages.get(volid.split(':')[0]).type})")
-            copy_tree(node.storages.volume_path(volid), snap_path(node, vmid, snapname, volid))
+            log.write(f"snapshotting '{volid}' ({guests.storages.get(volid.split(':')[0]).type})")
+            copy_tree(guests.storages.volume_path(volid), snap_path(guests, vmid, snapname, volid))
     except Exception:
         log.write("snapshot create failed: starting cleanup")
-        _abort(node, vmid, snapname, snap)
+        _abort(guests, vmid, snapname, snap)
         raise
-    _commit(node, vmid, snapname)
+    _commit(guests, vmid, snapname)
 
 
-def create(node: Node, vmid: int, snapname: str, who: Identity, description: str | None) -> str:
+def create(guests: Guests, vmid: int, snapname: str, who: Identity, description: str | None) -> str:
     if snapname in RESERVED:
         raise PveError(500, f"unable to use snapshot name '{snapname}' (reserved name)")
-    node.load(vmid)
-    return node.start_task(
-        "vzsnapshot", vmid, who, lambda log: take(node, vmid, snapname, log, description)
+    guests.load(vmid)
+    return guests.worker.start(
+        "vzsnapshot", vmid, who, lambda log: take(guests, vmid, snapname, log, description)
     )
 
 
 # ------------------------------------------------------------------ delete
 
 
-def _set_lock(node: Node, vmid: int, lock: str | None) -> None:
-    with node.locked():
-        c = node.load(vmid)
-        o = dict(c.main.options)
-        if lock is None:
-            o.pop("lock", None)
-        else:
-            if o.get("lock"):
-                raise PveError(500, f"CT is locked ({o['lock']})")
-            o["lock"] = lock
-        node.write_conf(vmid, replace(c, main=replace(c.main, options=o)))
-
-
-def remove(node: Node, vmid: int, snapname: str, log: TaskLog, *, locked_by: str) -> None:
+def remove(guests: Guests, vmid: int, snapname: str, log: TaskLog, *, locked_by: str) -> None:
     """AbstractConfig::snapshot_delete: ``snapstate: delete``, the copies, then the section."""
-    with node.locked():
-        c = node.load(vmid)
+    with guests.locked():
+        c = guests.load(vmid)
         if snapname not in c.snapshots:
             raise PveError(500, f"snapshot '{snapname}' does not exist")
         if is_true(c.main.options.get("template")):
             raise PveError(500, "you can't delete a snapshot if vm is a template")
     if locked_by == "snapshot-delete":
-        _set_lock(node, vmid, "snapshot-delete")
-    with node.locked():
-        c = node.load(vmid)
+        guests.store.set_lock(vmid, "snapshot-delete")
+    with guests.locked():
+        c = guests.load(vmid)
         sec = c.snapshots[snapname]
         snaps = dict(c.snapshots)
         snaps[snapname] = replace(sec, options={**sec.options, "snapstate": "delete"})
-        node.write_conf(vmid, CtConf(c.main, c.pending, snaps))
-    _drop_copies(node, vmid, snapname, sec.options)
+        guests.store.write(vmid, CtConf(c.main, c.pending, snaps))
+    _drop_copies(guests, vmid, snapname, sec.options)
     log.write(f"removed the copies of snapshot '{snapname}'")
     parent = sec.options.get("parent")
 
@@ -221,30 +208,30 @@ def remove(node: Node, vmid: int, snapname: str, log: TaskLog, *, locked_by: str
             o["parent"] = parent
         return replace(s, options=o)
 
-    with node.locked():
-        c = node.load(vmid)
+    with guests.locked():
+        c = guests.load(vmid)
         snaps = {n: relink(s) for n, s in c.snapshots.items() if n != snapname}
         main = relink(c.main)
         main = replace(main, options={k: v for k, v in main.options.items() if k != "lock"})
-        node.write_conf(vmid, CtConf(main, c.pending, snaps))
+        guests.store.write(vmid, CtConf(main, c.pending, snaps))
 
 
-def delete(node: Node, vmid: int, snapname: str, who: Identity) -> str:
-    node.load(vmid)
-    return node.start_task(
+def delete(guests: Guests, vmid: int, snapname: str, who: Identity) -> str:
+    guests.load(vmid)
+    return guests.worker.start(
         "vzdelsnapshot",
         vmid,
         who,
-        lambda log: remove(node, vmid, snapname, log, locked_by="snapshot-delete"),
+        lambda log: remove(guests, vmid, snapname, log, locked_by="snapshot-delete"),
     )
 
 
 # ------------------------------------------------------------------ rollback
 
 
-def _rollback(node: Node, vmid: int, snapname: str, log: TaskLog, start: bool) -> None:
-    with node.locked():
-        c = node.load(vmid)
+def _rollback(guests: Guests, vmid: int, snapname: str, log: TaskLog, start: bool) -> None:
+    with guests.locked():
+        c = guests.load(vmid)
         if is_true(c.main.options.get("template")):
             raise PveError(500, "you can't rollback if vm is a template")
         snap = c.snapshots.get(snapname)
@@ -258,19 +245,19 @@ def _rollback(node: Node, vmid: int, snapname: str, log: TaskLog, start: bool) -
             )
         if c.main.options.get("lock"):
             raise PveError(500, f"CT is locked ({c.main.options['lock']})")
-        if node.is_running(vmid):
+        if guests.is_running(vmid):
             log.write(f"stopping CT {vmid}")
-            node.runtime.stop(vmid)
-        node.write_conf(vmid, replace(c, main=replace(
+            guests.runtime.stop(vmid)
+        guests.store.write(vmid, replace(c, main=replace(
             c.main, options={**c.main.options, "lock": "rollback"})))  # fmt: skip
     for volid in snapshot_volumes(snap.options):
-        src = snap_path(node, vmid, snapname, volid)
-        dst = node.storages.volume_path(volid)
+        src = snap_path(guests, vmid, snapname, volid)
+        dst = guests.storages.volume_path(volid)
         log.write(f"rolling back '{volid}' to snapshot '{snapname}'")
         shutil.rmtree(dst, ignore_errors=True)
         copy_tree(src, dst)
-    with node.locked():
-        c = node.load(vmid)
+    with guests.locked():
+        c = guests.load(vmid)
         if c.main.options.get("lock") != "rollback":
             raise PveError(500, "got wrong lock")
         opts = {k: v for k, v in c.main.options.items() if re.fullmatch(r"unused\d+", k)}
@@ -284,23 +271,23 @@ def _rollback(node: Node, vmid: int, snapname: str, log: TaskLog, start: bool) -
         opts.update({k: v for k, v in snap.options.items() if _copyable(k)})
         opts["parent"] = snapname
         main = Section(opts, snap.raw, c.main.description)
-        node.write_conf(vmid, CtConf(main, Section(), c.snapshots))
+        guests.store.write(vmid, CtConf(main, Section(), c.snapshots))
     if start:
-        node.start_now(vmid, log)
+        guests.start_now(vmid, log)
 
 
-def rollback(node: Node, vmid: int, snapname: str, who: Identity, start: bool) -> str:
-    node.load(vmid)
-    return node.start_task(
-        "vzrollback", vmid, who, lambda log: _rollback(node, vmid, snapname, log, start)
+def rollback(guests: Guests, vmid: int, snapname: str, who: Identity, start: bool) -> str:
+    guests.load(vmid)
+    return guests.worker.start(
+        "vzrollback", vmid, who, lambda log: _rollback(guests, vmid, snapname, log, start)
     )
 
 
 # ------------------------------------------------------------------ reads and metadata
 
 
-def listing(node: Node, vmid: int) -> list[dict[str, Any]]:
-    c, text = node.read_conf(vmid)
+def listing(guests: Guests, vmid: int) -> list[dict[str, Any]]:
+    c, text = guests.store.read(vmid)
     out: list[dict[str, Any]] = []
     for name, sec in c.snapshots.items():
         item: dict[str, Any] = {
@@ -314,7 +301,7 @@ def listing(node: Node, vmid: int) -> list[dict[str, Any]]:
         out.append(item)
     cur: dict[str, Any] = {
         "name": "current", "description": "You are here!", "digest": confmod.digest(text),
-        "running": 1 if node.is_running(vmid) else 0,
+        "running": 1 if guests.is_running(vmid) else 0,
     }  # fmt: skip
     if c.main.options.get("parent"):
         cur["parent"] = c.main.options["parent"]
@@ -322,12 +309,12 @@ def listing(node: Node, vmid: int) -> list[dict[str, Any]]:
     return out
 
 
-def update_description(node: Node, vmid: int, snapname: str, description: str | None) -> None:
+def update_description(guests: Guests, vmid: int, snapname: str, description: str | None) -> None:
     """``PUT .../snapshot/{snap}/config``: only the description; a lock refuses."""
     if description is None:
         return
-    with node.locked():
-        c = node.load(vmid)
+    with guests.locked():
+        c = guests.load(vmid)
         if c.main.options.get("lock"):
             raise PveError(500, f"CT is locked ({c.main.options['lock']})")
         sec = c.snapshots.get(snapname)
@@ -335,4 +322,4 @@ def update_description(node: Node, vmid: int, snapname: str, description: str | 
             raise PveError(500, f"snapshot '{snapname}' does not exist")
         snaps = dict(c.snapshots)
         snaps[snapname] = replace(sec, description=description.rstrip("\n") or None)
-        node.write_conf(vmid, CtConf(c.main, c.pending, snaps))
+        guests.store.write(vmid, CtConf(c.main, c.pending, snaps))

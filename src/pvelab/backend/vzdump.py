@@ -28,7 +28,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from pvelab.backend.tasks import TaskLog
 
 if TYPE_CHECKING:
     from pvelab.backend.auth import Identity
-    from pvelab.backend.node import Node
+    from pvelab.backend.guests import Guests
 
 _COMPRESS = {
     "0": ("", None),
@@ -90,8 +90,8 @@ class Job:
     cmdline: str
 
 
-def _job(node: Node, params: Mapping[str, Any], who: Identity) -> Job:
-    v = validate(method_schema("/nodes/{node}/vzdump", "POST"), {"node": node.name, **params})
+def _job(guests: Guests, params: Mapping[str, Any], who: Identity) -> Job:
+    v = validate(method_schema("/nodes/{node}/vzdump", "POST"), {"node": guests.name, **params})
     for p in _UNSUPPORTED:
         if p in v:
             raise PveError(500, f"lab: vzdump parameter '{p}' is not supported")
@@ -101,9 +101,9 @@ def _job(node: Node, params: Mapping[str, Any], who: Identity) -> Job:
         verify_notes_template(str(v["notes-template"]))
     vmids = tuple(sorted({int(x) for x in re.split(r"[,;\s]+", str(v["vmid"])) if x}))
     storage = str(v.get("storage", "local"))
-    if "backup" not in node.storages.get(storage).content:
+    if "backup" not in guests.storages.get(storage).content:
         raise PveError(500, f"can't use storage '{storage}' for backups - wrong content type")
-    check_vzdump_perm(node.auth, who, storage)
+    check_vzdump_perm(guests.auth, who, storage)
     compress = {"1": "lzo"}.get(str(v.get("compress", "0")), str(v.get("compress", "0")))
     if compress not in _COMPRESS:
         raise PveError(500, f"lab: compress={compress} is not supported (use 0, gzip or zstd)")
@@ -114,18 +114,18 @@ def _job(node: Node, params: Mapping[str, Any], who: Identity) -> Job:
                f"vzdump {' '.join(map(str, vmids))} {args}".strip())  # fmt: skip
 
 
-def backup(node: Node, params: Mapping[str, Any], who: Identity) -> str:
-    job = _job(node, params, who)
+def backup(guests: Guests, params: Mapping[str, Any], who: Identity) -> str:
+    job = _job(guests, params, who)
 
     def body(log: TaskLog) -> None:
         log.write(f"INFO: starting new backup job: {job.cmdline}")
         errors = 0
         for vmid in job.vmids:
-            node.auth.require(who, f"/vms/{vmid}", "VM.Backup")
+            guests.auth.require(who, f"/vms/{vmid}", "VM.Backup")
             t0 = time.monotonic()
             log.write(f"INFO: Starting Backup of VM {vmid} (lxc)")
             try:
-                _backup_one(node, job, vmid, log)
+                _backup_one(guests, job, vmid, log)
             except Exception as e:
                 errors += 1
                 msg = e.message if isinstance(e, PveError) else str(e)
@@ -138,7 +138,7 @@ def backup(node: Node, params: Mapping[str, Any], who: Identity) -> str:
             raise PveError(500, "job errors")
         log.write("INFO: Backup job finished successfully")
 
-    return node.start_task("vzdump", job.vmids[0] if len(job.vmids) == 1 else "", who, body)
+    return guests.worker.start("vzdump", job.vmids[0] if len(job.vmids) == 1 else "", who, body)
 
 
 def _included(opts: Mapping[str, str], log: TaskLog) -> list[tuple[str, str, str]]:
@@ -162,50 +162,37 @@ def _mp_path(value: str) -> str:
     return m.group(1) if m else ""
 
 
-def _set_lock(node: Node, vmid: int, lock: str | None) -> None:
-    with node.locked():
-        c = node.load(vmid)
-        o = dict(c.main.options)
-        if lock and o.get("lock"):
-            raise PveError(500, f"CT is locked ({o['lock']})")
-        if lock:
-            o["lock"] = lock
-        else:
-            o.pop("lock", None)
-        node.write_conf(vmid, replace(c, main=replace(c.main, options=o)))
-
-
-def _backup_one(node: Node, job: Job, vmid: int, log: TaskLog) -> None:
-    c = node.load(vmid)
+def _backup_one(guests: Guests, job: Job, vmid: int, log: TaskLog) -> None:
+    c = guests.load(vmid)
     opts = c.main.options
-    running = node.is_running(vmid)
+    running = guests.is_running(vmid)
     log.write(f"INFO: status = {'running' if running else 'stopped'}")
     log.write(f"INFO: CT Name: {opts.get('hostname', f'CT{vmid}')}")
     parts = _included(opts, log)
     mode = job.mode
-    if mode == "snapshot" and not snapshots.has_snapshot_feature(node, opts, backup_only=True):
+    if mode == "snapshot" and not snapshots.has_snapshot_feature(guests, opts, backup_only=True):
         log.write("INFO: mode failure - some volumes do not support snapshots")
         log.write("INFO: trying 'suspend' mode instead")
         mode = "suspend"
     log.write(f"INFO: backup mode: {mode}")
     stamp = time.strftime("%Y_%m_%d-%H_%M_%S", time.localtime())
     ext = ".tar" + _COMPRESS[job.compress][0]
-    dump = node.storages.path(job.storage) / "dump"
+    dump = guests.storages.path(job.storage) / "dump"
     dump.mkdir(parents=True, exist_ok=True)
     archive = dump / f"vzdump-lxc-{vmid}-{stamp}{ext}"
-    _set_lock(node, vmid, "backup")
+    guests.store.set_lock(vmid, "backup")
     restart = False
     try:
-        sources = {vol: node.storages.volume_path(vol) for _, vol, _ in parts}
+        sources = {vol: guests.storages.volume_path(vol) for _, vol, _ in parts}
         if mode == "snapshot":
             log.write("INFO: create storage snapshot 'vzdump'")
-            _set_lock(node, vmid, None)
-            snapshots.take(node, vmid, "vzdump", log, "vzdump backup snapshot")
-            _set_lock(node, vmid, "backup")
-            sources = {vol: snapshots.snap_path(node, vmid, "vzdump", vol) for vol in sources}
+            guests.store.set_lock(vmid, None)
+            snapshots.take(guests, vmid, "vzdump", log, "vzdump backup snapshot")
+            guests.store.set_lock(vmid, "backup")
+            sources = {vol: snapshots.snap_path(guests, vmid, "vzdump", vol) for vol in sources}
         elif mode == "stop" and running:
             log.write("INFO: stopping virtual guest")
-            node.runtime.shutdown(vmid, 60)
+            guests.runtime.shutdown(vmid, 60)
             restart = True
         config = _archived_config(c)
         log.write(f"INFO: creating vzdump archive '{archive}'")
@@ -214,7 +201,7 @@ def _backup_one(node: Node, job: Job, vmid: int, log: TaskLog) -> None:
         log.write(f"INFO: archive file size: {archive.stat().st_size // 1024}KB")
         if job.notes:
             log.write("INFO: adding notes to backup")
-            info = {"cluster": "standalone node", "node": node.name, "vmid": str(vmid),
+            info = {"cluster": "standalone node", "node": guests.name, "vmid": str(vmid),
                     "guestname": opts.get("hostname", f"CT{vmid}")}  # fmt: skip
             archive.with_name(archive.name + ".notes").write_text(
                 render_notes(job.notes, info) + "\n"
@@ -225,15 +212,15 @@ def _backup_one(node: Node, job: Job, vmid: int, log: TaskLog) -> None:
         archive.unlink(missing_ok=True)
         raise
     finally:
-        _set_lock(node, vmid, None)
-        if mode == "snapshot" and "vzdump" in node.load(vmid).snapshots:
+        guests.store.set_lock(vmid, None)
+        if mode == "snapshot" and "vzdump" in guests.load(vmid).snapshots:
             log.write("INFO: cleanup temporary 'vzdump' snapshot")
-            snapshots.remove(node, vmid, "vzdump", log, locked_by="none")
+            snapshots.remove(guests, vmid, "vzdump", log, locked_by="none")
         if restart:
             log.write("INFO: restarting vm")
-            node.start_now(vmid, log)
+            guests.start_now(vmid, log)
     archive.with_name(archive.name.split(".tar")[0] + ".log").write_text(
-        "".join(f"{line['t']}\n" for line in node.tasks.log(_current_upid(log), 0, 0)[0])
+        "".join(f"{line['t']}\n" for line in guests.tasks.log(_current_upid(log), 0, 0)[0])
     )
 
 
@@ -336,14 +323,14 @@ def read_config(path: Path) -> str:
     raise PveError(500, f"unable to extract configuration from '{path.name}'")
 
 
-def extract_config(node: Node, volume: str, who: Identity) -> str:
+def extract_config(guests: Guests, volume: str, who: Identity) -> str:
     """``GET /nodes/{node}/vzdump/extractconfig``."""
-    path = _backup_path(node, volume, who, None)
+    path = _backup_path(guests, volume, who, None)
     return read_config(path)
 
 
 def visible_backups(
-    node: Node, who: Identity, sid: str, items: list[dict[str, Any]]
+    guests: Guests, who: Identity, sid: str, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The content listing drops backups ``check_volume_access`` refuses to ``who``
     (pve-storage's content index); other content is left as it is."""
@@ -351,14 +338,14 @@ def visible_backups(
     for item in items:
         if item.get("content") == "backup":
             try:
-                check_backup_volume_access(node.auth, who, sid, item.get("vmid"), None)
+                check_backup_volume_access(guests.auth, who, sid, item.get("vmid"), None)
             except PveError:
                 continue
         out.append(item)
     return out
 
 
-def _backup_path(node: Node, volid: str, who: Identity, vmid: int | None) -> Path:
+def _backup_path(guests: Guests, volid: str, who: Identity, vmid: int | None) -> Path:
     sid, colon, name = volid.partition(":")
     if not colon:
         if not who.is_root:
@@ -367,8 +354,8 @@ def _backup_path(node: Node, volid: str, who: Identity, vmid: int | None) -> Pat
     if not name.startswith("backup/"):
         raise PveError(500, f"unable to use volume {volid} - content type needs to be 'backup'")
     m = re.match(r"^backup/vzdump-(?:lxc|qemu)-(\d+)-", name)
-    check_backup_volume_access(node.auth, who, sid, int(m.group(1)) if m else None, vmid)
-    path = node.storages.volume_path(volid)
+    check_backup_volume_access(guests.auth, who, sid, int(m.group(1)) if m else None, vmid)
+    path = guests.storages.volume_path(volid)
     if not path.is_file():
         raise PveError(500, f"volume '{volid}' does not exist")
     return path
@@ -377,40 +364,40 @@ def _backup_path(node: Node, volid: str, who: Identity, vmid: int | None) -> Pat
 # ------------------------------------------------------------------ restore
 
 
-def restore(node: Node, v: Mapping[str, Any], who: Identity) -> str:
+def restore(guests: Guests, v: Mapping[str, Any], who: Identity) -> str:
     """``POST /nodes/{node}/lxc`` with ``restore=1``: a new CT from a backup archive; the
     volumes on ``storage`` (default ``local``, as PVE) with their backed-up sizes."""
     vmid = int(v["vmid"])
-    if node.conf_path(vmid).exists():
+    if guests.store.path(vmid).exists():
         if v.get("force"):
             raise PveError(500, "lab: restore over an existing CT (force) is not supported")
-        raise PveError(500, f"CT {vmid} already exists on node '{node.name}'")
-    if not node.auth.allowed(who, f"/vms/{vmid}", "VM.Allocate"):
+        raise PveError(500, f"CT {vmid} already exists on node '{guests.name}'")
+    if not guests.auth.allowed(who, f"/vms/{vmid}", "VM.Allocate"):
         raise permission_denied()
-    archive = _backup_path(node, str(v["ostemplate"]), who, vmid)
+    archive = _backup_path(guests, str(v["ostemplate"]), who, vmid)
     storage = str(v.get("storage", "local"))
     extra = {k: str(x) for k, x in v.items() if k not in (
         "node", "vmid", "ostemplate", "storage", "restore", "force", "unique", "start",
         "unprivileged", "pool", "bwlimit", "ignore-unpack-errors", "ha-managed")}  # fmt: skip
-    with node.locked():
-        if node.conf_path(vmid).exists():
-            raise PveError(500, f"CT {vmid} already exists on node '{node.name}'")
-        node.write_conf(vmid, CtConf(Section({"lock": "create"})))
+    with guests.locked():
+        if guests.store.path(vmid).exists():
+            raise PveError(500, f"CT {vmid} already exists on node '{guests.name}'")
+        guests.store.write(vmid, CtConf(Section({"lock": "create"})))
 
     if v.get("unique"):  # PVE: new MAC addresses (set below over the archive's)
         extra = {**extra, "_unique": "1"}
 
     def body(log: TaskLog) -> None:
         try:
-            _do_restore(node, vmid, archive, storage, extra, who, log)
+            _do_restore(guests, vmid, archive, storage, extra, who, log)
         except Exception as e:
-            node.purge(vmid)
+            guests.purge(vmid)
             msg = e.message if isinstance(e, PveError) else str(e)
             raise PveError(500, f"unable to restore CT {vmid} - {msg}") from e
         if v.get("start"):
-            node.start_now(vmid, log)
+            guests.start_now(vmid, log)
 
-    return node.start_task("vzrestore", vmid, who, body)
+    return guests.worker.start("vzrestore", vmid, who, body)
 
 
 def _restore_mounts(
@@ -444,7 +431,7 @@ def _restore_mounts(
 
 
 def _do_restore(  # noqa: PLR0917
-    node: Node,
+    guests: Guests,
     vmid: int,
     archive: Path,
     storage: str,
@@ -457,10 +444,10 @@ def _do_restore(  # noqa: PLR0917
     volumes, delayed = _restore_mounts(old.main.options, storage, who, log)
     unprivileged = is_true(old.main.options.get("unprivileged"))
     if not unprivileged:
-        node.auth.require(who, "/", "Sys.Modify")
+        guests.auth.require(who, "/", "Sys.Modify")
     for key in volumes:
         vol = mount_volume(key, volumes[key])
-        node.auth.require(who, f"/storage/{vol.partition(':')[0]}", "Datastore.AllocateSpace")
+        guests.auth.require(who, f"/storage/{vol.partition(':')[0]}", "Datastore.AllocateSpace")
     raw = old.main.raw if who.is_root else ()
     if old.main.raw and not who.is_root:
         lines = "".join(f"{k}: {x}\n" for k, x in old.main.raw)
@@ -469,14 +456,14 @@ def _do_restore(  # noqa: PLR0917
     owner = _host_root(CtConf(Section({"unprivileged": "1"} if unprivileged else {}, raw)))
     final: dict[str, str] = {}
     for key in sorted(volumes, key=lambda k: (k != "rootfs", k)):
-        final[key] = node.realise(vmid, key, volumes[key], owner if unprivileged else None, log)
-    rootfs = node.storages.volume_path(mount_volume("rootfs", final["rootfs"]))
+        final[key] = guests.realise(vmid, key, volumes[key], owner if unprivileged else None, log)
+    rootfs = guests.storages.volume_path(mount_volume("rootfs", final["rootfs"]))
     log.write(f"restoring '{archive.name}' now..")
     idmap = [x for k, x in raw if k == "lxc.idmap"] or ["u 0 100000 65536", "g 0 100000 65536"]
-    node.runtime.create_rootfs(vmid, archive, rootfs, idmap if unprivileged else (), unprivileged)
+    guests.runtime.create_rootfs(vmid, archive, rootfs, idmap if unprivileged else (), unprivileged)
     for key, value in final.items():
         if key != "rootfs":
-            volume = node.storages.volume_path(mount_volume(key, value))
+            volume = guests.storages.volume_path(mount_volume(key, value))
             _move_into_volume(rootfs, _mp_path(value), volume)
     conf_in_ct = rootfs / "etc" / "vzdump" / "pct.conf"
     conf_in_ct.unlink(missing_ok=True)
@@ -493,8 +480,8 @@ def _do_restore(  # noqa: PLR0917
     opts.update(delayed)
     if unprivileged:
         opts["unprivileged"] = "1"
-    with node.locked():
-        node.write_conf(vmid, CtConf(Section(opts, tuple(raw), old.main.description)))
+    with guests.locked():
+        guests.store.write(vmid, CtConf(Section(opts, tuple(raw), old.main.description)))
 
 
 def _move_into_volume(rootfs: Path, where: str, volume: Path) -> None:

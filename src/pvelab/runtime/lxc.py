@@ -306,12 +306,30 @@ class LxcRuntime:
         self, vmid: int, conf: Mapping[str, str], raw_lxc: Sequence[tuple[str, str]]
     ) -> str:
         """The LXC config ``start`` writes for this PVE config (pure, for tests and review)."""
-        lines: list[tuple[str, str]] = []
-
-        def add(key: str, value: str) -> None:
-            lines.append((key, value))
-
         unprivileged = bool_opt(conf.get("unprivileged"))
+        features = parse_propstring(conf.get("features", ""))
+        lines = [
+            *self._base_lines(vmid, conf, raw_lxc, unprivileged, features),
+            *_cgroup_limits(conf),
+            *self._mount_lines(vmid, conf),
+            *self._net_lines(vmid, conf),
+            *raw_lxc,
+        ]
+        keyctl = bool_opt(features.get("keyctl"))
+        head = [
+            f"# pvestack lab: CT {vmid} from its PVE config (pve-container's translation)",
+            f"# features: {conf.get('features', '') or '(none)'}",
+            "# keyctl: "
+            + (
+                "allowed (keyctl=1)"
+                if keyctl or not unprivileged
+                else "ENOSYS via seccomp (no keyctl=1)"
+            ),
+        ]
+        return "".join(h + "\n" for h in head) + "".join(f"{k} = {v}\n" for k, v in lines)
+
+    def _ostype_configs(self, conf: Mapping[str, str], unprivileged: bool) -> list[str]:
+        """The distribution's LXC configs PVE includes (common, and userns if unprivileged)."""
         ostype = conf.get("ostype", "debian")
         cfgdir = self.lxc_config_dir
         if ostype == "unmanaged":
@@ -324,68 +342,52 @@ class LxcRuntime:
                 "lxc-templates package (make setup does), which ships LXC's distribution "
                 "configs as PVE's lxc-pve does"
             )
-        add(
-            "lxc.arch",
-            {"amd64": "amd64", "i386": "i686", "arm64": "aarch64"}.get(
-                conf.get("arch", "amd64"), "amd64"
-            ),
-        )
-        common = "common.conf" if ostype == "common" else f"{ostype}.common.conf"
-        add("lxc.include", str(cfgdir / common))
+        prefix = "" if ostype == "common" else f"{ostype}."
+        names = ["common.conf" if ostype == "common" else f"{ostype}.common.conf"]
         if unprivileged:
-            userns = "userns.conf" if ostype == "common" else f"{ostype}.userns.conf"
-            add("lxc.include", str(cfgdir / userns))
-        add("lxc.apparmor.profile", "unconfined")  # no AppArmor on the lab hosts
-        features = parse_propstring(conf.get("features", ""))
+            names.append(f"{prefix}userns.conf")
+        return [str(cfgdir / n) for n in names]
+
+    def _base_lines(
+        self,
+        vmid: int,
+        conf: Mapping[str, str],
+        raw_lxc: Sequence[tuple[str, str]],
+        unprivileged: bool,
+        features: Mapping[str, str],
+    ) -> list[tuple[str, str]]:
+        """Arch, includes, mounts of /proc and /sys, seccomp, cgroup dirs, tty, name, idmap."""
+        includes = self._ostype_configs(conf, unprivileged)
+        arch = {"amd64": "amd64", "i386": "i686", "arm64": "aarch64"}
+        lines = [("lxc.arch", arch.get(conf.get("arch", "amd64"), "amd64"))]
+        lines += [("lxc.include", inc) for inc in includes]
+        lines.append(("lxc.apparmor.profile", "unconfined"))  # no AppArmor on the lab hosts
         if bool_opt(features.get("nesting")):
-            add("lxc.mount.auto", "proc:rw sys:rw cgroup:rw:force")
-            add("lxc.include", str(cfgdir / "nesting.conf"))
+            lines.append(("lxc.mount.auto", "proc:rw sys:rw cgroup:rw:force"))
+            lines.append(("lxc.include", str(self.lxc_config_dir / "nesting.conf")))
         else:
-            add("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed")
+            lines.append(("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed"))
         # keyctl: PVE blocks keyctl() with ENOSYS for unprivileged CTs unless keyctl=1.
-        add("lxc.seccomp.profile", str(self._dir(vmid) / "rules.seccomp"))
-        add("lxc.monitor.unshare", "1")
+        lines.append(("lxc.seccomp.profile", str(self._dir(vmid) / "rules.seccomp")))
+        lines.append(("lxc.monitor.unshare", "1"))
         # cgroups per lab: LXC names them lxc.payload.<name> at the top by default, so two
         # labs running the same vmid on one machine collided ("startup for container
         # '217' failed" in the second lab)
         lab_cg = "pvestack-" + self._lab_hash()[:10]
-        add("lxc.cgroup.dir.monitor", f"{lab_cg}/lxc.monitor.{vmid}")
-        add("lxc.cgroup.dir.container", f"{lab_cg}/lxc.payload.{vmid}")
-        add("lxc.tty.max", conf.get("tty", "2"))
-        add("lxc.uts.name", conf.get("hostname", f"CT{vmid}"))
+        lines.append(("lxc.cgroup.dir.monitor", f"{lab_cg}/lxc.monitor.{vmid}"))
+        lines.append(("lxc.cgroup.dir.container", f"{lab_cg}/lxc.payload.{vmid}"))
+        lines.append(("lxc.tty.max", conf.get("tty", "2")))
+        lines.append(("lxc.uts.name", conf.get("hostname", f"CT{vmid}")))
         if unprivileged and not any(k == "lxc.idmap" for k, _ in raw_lxc):
-            for line in DEFAULT_IDMAP:
-                add("lxc.idmap", line)
-        # cgroup limits (v1 controllers on the lab hosts; v2 when that is all there is)
-        v1 = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
-        memory = int(conf.get("memory", "512"))
-        swap = int(conf.get("swap", "512"))
-        if v1:
-            add("lxc.cgroup.memory.limit_in_bytes", str(memory * 1024 * 1024))
-            if Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
-                add("lxc.cgroup.memory.memsw.limit_in_bytes", str((memory + swap) * 1024 * 1024))
-        elif Path("/sys/fs/cgroup/cgroup.controllers").exists():
-            add("lxc.cgroup2.memory.max", str(memory * 1024 * 1024))
-            add("lxc.cgroup2.memory.swap.max", str(swap * 1024 * 1024))
-        if "cores" in conf:
-            ncpu = os.cpu_count() or 1
-            n = max(1, min(int(conf["cores"]), ncpu))
-            if Path("/sys/fs/cgroup/cpuset/cpuset.cpus").exists():
-                add("lxc.cgroup.cpuset.cpus", f"0-{n - 1}" if n > 1 else "0")
-            elif Path("/sys/fs/cgroup/cgroup.controllers").exists():
-                add("lxc.cgroup2.cpuset.cpus", f"0-{n - 1}" if n > 1 else "0")
-        if "cpulimit" in conf and float(conf["cpulimit"]) > 0:
-            period = 100000
-            quota = int(float(conf["cpulimit"]) * period)
-            if Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists():
-                add("lxc.cgroup.cpu.cfs_period_us", str(period))
-                add("lxc.cgroup.cpu.cfs_quota_us", str(quota))
-        # rootfs
+            lines += [("lxc.idmap", line) for line in DEFAULT_IDMAP]
+        return lines
+
+    def _mount_lines(self, vmid: int, conf: Mapping[str, str]) -> list[tuple[str, str]]:
+        """The rootfs, then the mount points in PVE's order (by path depth: parents first)."""
         rootfs = parse_propstring(conf.get("rootfs", ""), "volume")
         if "volume" not in rootfs:
             raise RuntimeError("missing 'rootfs' configuration")
-        add("lxc.rootfs.path", "dir:" + str(self.volume_path(rootfs["volume"], vmid)))
-        # mount points, in PVE's order (by path depth so parents mount first)
+        lines = [("lxc.rootfs.path", "dir:" + str(self.volume_path(rootfs["volume"], vmid)))]
         mps: list[tuple[str, dict[str, str]]] = []
         for key in sorted(conf):
             if re.fullmatch(r"mp\d+", key):
@@ -403,35 +405,28 @@ class LxcRuntime:
                 opts.append("ro")
             if mp.get("mountoptions"):
                 opts += mp["mountoptions"].split(";")
-            add("lxc.mount.entry", f"{src} {target.strip('/')} none {','.join(opts)} 0 0")
-        # networks
+            lines.append(
+                ("lxc.mount.entry", f"{src} {target.strip('/')} none {','.join(opts)} 0 0")
+            )
+        return lines
+
+    def _net_lines(self, vmid: int, conf: Mapping[str, str]) -> list[tuple[str, str]]:
+        """One veth per netN on its bridge (host side named by ``_veth``)."""
+        lines: list[tuple[str, str]] = []
         for key in sorted(k for k in conf if re.fullmatch(r"net\d+", k)):
             idx = key[3:]
             net = parse_propstring(conf[key])
-            add(f"lxc.net.{idx}.type", "veth")
-            add(f"lxc.net.{idx}.veth.pair", self._veth(vmid, idx))
+            lines.append((f"lxc.net.{idx}.type", "veth"))
+            lines.append((f"lxc.net.{idx}.veth.pair", self._veth(vmid, idx)))
             if "hwaddr" in net:
-                add(f"lxc.net.{idx}.hwaddr", net["hwaddr"])
-            add(f"lxc.net.{idx}.name", net.get("name", f"eth{idx}"))
+                lines.append((f"lxc.net.{idx}.hwaddr", net["hwaddr"]))
+            lines.append((f"lxc.net.{idx}.name", net.get("name", f"eth{idx}")))
             if "bridge" in net:
-                add(f"lxc.net.{idx}.link", net["bridge"])
+                lines.append((f"lxc.net.{idx}.link", net["bridge"]))
             if "mtu" in net:
-                add(f"lxc.net.{idx}.mtu", net["mtu"])
-            add(f"lxc.net.{idx}.flags", "up")
-        for k, v in raw_lxc:
-            add(k, v)
-        keyctl = bool_opt(features.get("keyctl"))
-        head = [
-            f"# pvestack lab: CT {vmid} from its PVE config (pve-container's translation)",
-            f"# features: {conf.get('features', '') or '(none)'}",
-            "# keyctl: "
-            + (
-                "allowed (keyctl=1)"
-                if keyctl or not unprivileged
-                else "ENOSYS via seccomp (no keyctl=1)"
-            ),
-        ]
-        return "".join(h + "\n" for h in head) + "".join(f"{k} = {v}\n" for k, v in lines)
+                lines.append((f"lxc.net.{idx}.mtu", net["mtu"]))
+            lines.append((f"lxc.net.{idx}.flags", "up"))
+        return lines
 
     def seccomp_rules(self, conf: Mapping[str, str]) -> str:
         """The seccomp profile: LXC's common one; keyctl answers ENOSYS unless ``keyctl=1``
@@ -657,3 +652,36 @@ def _decompressor(template: Path) -> list[str]:
     if name.endswith(".bz2"):
         return ["bzip2", "-dc"]
     return ["cat"]
+
+
+def _cgroup_limits(conf: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Memory, swap, cores and cpulimit as cgroup settings (v1 controllers on the lab
+    hosts; v2 when that is all there is)."""
+    lines: list[tuple[str, str]] = []
+    cg = Path("/sys/fs/cgroup")
+    v2 = (cg / "cgroup.controllers").exists()
+    memory = int(conf.get("memory", "512"))
+    swap = int(conf.get("swap", "512"))
+    if (cg / "memory/memory.limit_in_bytes").exists():
+        lines.append(("lxc.cgroup.memory.limit_in_bytes", str(memory * 1024 * 1024)))
+        if (cg / "memory/memory.memsw.limit_in_bytes").exists():
+            lines.append(
+                ("lxc.cgroup.memory.memsw.limit_in_bytes", str((memory + swap) * 1024 * 1024))
+            )
+    elif v2:
+        lines.append(("lxc.cgroup2.memory.max", str(memory * 1024 * 1024)))
+        lines.append(("lxc.cgroup2.memory.swap.max", str(swap * 1024 * 1024)))
+    if "cores" in conf:
+        n = max(1, min(int(conf["cores"]), os.cpu_count() or 1))
+        cpus = f"0-{n - 1}" if n > 1 else "0"
+        if (cg / "cpuset/cpuset.cpus").exists():
+            lines.append(("lxc.cgroup.cpuset.cpus", cpus))
+        elif v2:
+            lines.append(("lxc.cgroup2.cpuset.cpus", cpus))
+    if "cpulimit" in conf and float(conf["cpulimit"]) > 0:
+        period = 100000
+        quota = int(float(conf["cpulimit"]) * period)
+        if (cg / "cpu/cpu.cfs_quota_us").exists():
+            lines.append(("lxc.cgroup.cpu.cfs_period_us", str(period)))
+            lines.append(("lxc.cgroup.cpu.cfs_quota_us", str(quota)))
+    return lines

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from pvestack._commands import cmd
+from pvestack._guestfacts import GuestFacts, parse_guest_facts
 from pvestack._model import HostPathFact, StackSpec
-from pvestack._steps.guest import guest_fact_commands, parse_guest_facts
+from pvestack._steps.guest import guest_fact_commands
 from pvestack.executors import RootTransport
 
 
@@ -27,7 +28,7 @@ class TransportFactReader:
             out.append(HostPathFact(path=p, exists=True, uid=int(uid), gid=int(gid), mode=mode))
         return tuple(out)
 
-    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
+    def guest_facts(self, stack: StackSpec, vmid: int) -> GuestFacts | None:
         """The recipe's read-only fact commands (``pvestack._steps.guest``), run as root."""
         commands = guest_fact_commands(stack, vmid)
         outputs = [self.transport.capture(c).stdout for c in commands]

@@ -18,9 +18,10 @@ from pvestack._client import PveClient
 from pvestack._commands import Command, Step
 from pvestack._errors import GuestKeyRefused
 from pvestack._guest_settings import GuestSettings
+from pvestack._guestfacts import GuestFacts, parse_guest_facts
 from pvestack._model import GuestAccess, HostPathFact, ObservedState, StackSpec
 from pvestack._pvevalues import split_props
-from pvestack._steps.guest import guest_fact_commands, parse_guest_facts
+from pvestack._steps.guest import guest_fact_commands
 from pvestack._steps.guest_access import parse_hostkey_record
 from pvestack.executors import CommandOutput, GuestTransport, RootTransport
 
@@ -153,7 +154,7 @@ class GuestFactReader:
 
         return TransportFactReader(self.root).host_paths(paths)
 
-    def guest_facts(self, stack: StackSpec, vmid: int) -> Mapping[str, str]:
+    def guest_facts(self, stack: StackSpec, vmid: int) -> GuestFacts | None:
         if not self.router.knows(vmid):
             self.router.learn(
                 {vmid: GuestPlace(stack.name, stack.container.node, vmid, ipv4_of(stack))}
@@ -161,7 +162,7 @@ class GuestFactReader:
         p = self.router.place(vmid)
         cfg = self.client.get(f"/nodes/{p.node}/lxc/{vmid}/config") or {}
         if parse_hostkey_record(str(cfg.get("description", ""))) is None:
-            return {}
+            return None
         outputs = [self.router.capture(c).stdout for c in guest_fact_commands(stack, vmid)]
         return parse_guest_facts(outputs)
 

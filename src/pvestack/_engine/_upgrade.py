@@ -30,7 +30,8 @@ from typing import Any
 from pvestack import _daytwo as daytwo
 from pvestack._client import PveClient
 from pvestack._errors import PvestackError, RootStepError, SnapshotUnavailable, UpgradeFailed
-from pvestack._model import Action, UpgradeMarker, UpgradeSpec
+from pvestack._guestfacts import UpgradeMarker
+from pvestack._model import Action, UpgradeSpec
 from pvestack._steps.upgrade import clear_marker_step, docker_up_step, write_marker_step
 from pvestack.executors import GuestTransport
 from pvestack.verify import VerifyReport

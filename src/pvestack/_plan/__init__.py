@@ -28,7 +28,6 @@ from pvestack._plan._stack import StackPlanner
 from pvestack._plan._upgrade import (
     UpgradeInputs,
     not_in_backup,
-    parse_marker,
     snapshot_blockers,
 )
 from pvestack._plan._values import TOKEN_FEATURES, same_value
@@ -84,7 +83,6 @@ __all__ = [
     "TOKEN_FEATURES",
     "UpgradeInputs",
     "not_in_backup",
-    "parse_marker",
     "plan",
     "same_value",
     "snapshot_blockers",

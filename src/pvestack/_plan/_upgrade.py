@@ -15,11 +15,11 @@ makes PVE refuse the whole snapshot. A vzdump backup leaves bind mounts out too.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pvestack._guestfacts import GuestFacts, ServiceUpgrade
 from pvestack._model import (
     Action,
     ActionKind,
@@ -28,10 +28,8 @@ from pvestack._model import (
     Change,
     ObservedStack,
     Running,
-    ServiceUpgrade,
     StackSpec,
     Target,
-    UpgradeMarker,
     UpgradeSpec,
 )
 
@@ -93,38 +91,16 @@ def wanted_image(app: AppSpec, service: str) -> str | None:
     return refs[0] if len(refs) == 1 else None
 
 
-def service_upgrades(app: AppSpec, facts: Mapping[str, str]) -> tuple[ServiceUpgrade, ...]:
-    """Services whose running image (the ``service-image:NAME`` fact) is not the pinned one."""
+def service_upgrades(app: AppSpec, facts: GuestFacts | None) -> tuple[ServiceUpgrade, ...]:
+    """Services whose running image (``GuestFacts.services``) is not the pinned one."""
     out = []
     for svc in app.services:
-        have = facts.get(f"service-image:{svc}")
+        fact = facts.services.get(svc) if facts is not None else None
+        have = fact.image if fact is not None else None
         want = wanted_image(app, svc)
         if have and want and have != want:
             out.append(ServiceUpgrade(svc, have, want))
     return tuple(out)
-
-
-def parse_marker(text: str | None) -> UpgradeMarker | None:
-    """The ``upgrade`` fact (the marker's JSON); None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        raw = json.loads(text)
-        frm, to = dict(raw.get("from") or {}), dict(raw.get("to") or {})
-        services = tuple(
-            ServiceUpgrade(str(s), str(frm.get(s, "?")), str(to[s])) for s in sorted(to)
-        )
-        snap, backup = raw.get("snapshot"), raw.get("backup")
-        if not services:
-            return None
-        return UpgradeMarker(
-            services,
-            str(snap) if snap else None,
-            str(backup) if backup else None,
-            str(raw.get("phase", "?")),
-        )
-    except (ValueError, TypeError, AttributeError, KeyError):
-        return None
 
 
 def upgrade_spec(
@@ -147,7 +123,7 @@ def upgrade_spec(
         keep=policy.keep,
         protected=str(cfg.get("protection", "0")) in ("1", "true"),
         not_in_backup=not_in_backup(cfg),
-        resume=parse_marker(obs.guest_facts.get("upgrade")),
+        resume=obs.guest_facts.upgrade if obs.guest_facts is not None else None,
     )
 
 
@@ -190,7 +166,7 @@ def fold_upgrade(
     if app is None or ct is None or ct.status != "running":
         return tuple(guest)
     services = service_upgrades(app, obs.guest_facts)
-    marker = parse_marker(obs.guest_facts.get("upgrade"))
+    marker = obs.guest_facts.upgrade if obs.guest_facts is not None else None
     if not services and marker is None:
         return tuple(guest)
     if not services and marker is not None:

@@ -29,19 +29,34 @@ Secrets in console mode: a printed script never holds a secret (``render_script`
 refuses). The file steps carrying secrets (``.env``, LiteLLM's config) need the SSH
 root transport; in console mode they stay pending, the rest of the script is printed.
 
-Observe: ``guest_fact_commands`` gives one read-only command whose output
-``parse_guest_facts`` turns into ``guest_facts`` (docker, compose, images, file hashes
-with ``.env`` compared on the keys the stack manages, compose service states).
+Observe: ``fact_query`` says what the stack's guest is read for and
+``guest_fact_commands`` gives the one read-only command; its program, the typed facts
+and their parsers are ``pvestack._guestfacts``. The planner compares typed facts
+(``file_want``, ``ManagedFact(managed_sha256(f))``, ``yaml_want``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from collections.abc import Sequence
 
 from pvestack._commands import Command, Payload, Secret, Step, cmd
+from pvestack._guestfacts import (
+    FACTS,
+    Absent,
+    DockerFact,
+    FactQuery,
+    FileFact,
+    GuestFacts,
+    ImageFact,
+    ManagedFact,
+    ManagedRead,
+    Unreadable,
+    YamlFact,
+    YamlRead,
+    read_args,
+)
 from pvestack._model import (
     Action,
     ActionKind,
@@ -279,73 +294,6 @@ docker load -i "$1"
 rm -f "$1"
 """
 
-# Observe (read-only). Args: project name, then groups "--images REF...", "--files PATH...",
-# "--managed PATH KEY... --", "--yaml PATH PATHS_JSON PROGRAM". Prints "key<TAB>value"
-# lines; a YAML file's value is the digest of its managed keys (recipes._yamlkeys), "-"
-# when absent, "?" when it cannot be read (no python3-yaml yet: not observed).
-FACTS = """\
-project=$1
-shift
-if docker info >/dev/null 2>&1; then printf 'docker\\tok\\n'; else printf 'docker\\tmissing\\n'; fi
-if docker compose version >/dev/null 2>&1; then printf 'compose\\tplugin\\n'
-elif docker-compose version >/dev/null 2>&1; then printf 'compose\\tv1\\n'
-else printf 'compose\\tmissing\\n'; fi
-mode=
-while [ "$#" -gt 0 ]; do
-  case "$1" in
-    --images|--files) mode=$1; shift; continue ;;
-    --yaml)
-      f=$2 paths=$3 prog=$4
-      shift 4
-      if [ ! -f "$f" ]; then v=-
-      elif h=$(python3 -c "$prog" digest "$f" "$paths" 2>/dev/null); then v="$(stat -c '%a %u:%g' "$f") $h"
-      else v='?'; fi
-      printf 'yaml:%s\t%s\n' "$f" "$v"
-      continue ;;
-    --managed)
-      f=$2
-      shift 2
-      keys=
-      while [ "$#" -gt 0 ] && [ "$1" != -- ]; do keys="$keys $1"; shift; done
-      shift
-      if [ -f "$f" ]; then
-        h=$(awk -v keys="$keys" 'BEGIN { n = split(keys, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
-              $0 !~ /^[ \\t]*#/ && index($0, "=") > 0 { k = substr($0, 1, index($0, "=") - 1); if ((k in want) && !(k in seen)) { seen[k] = 1; print } }' "$f" \\
-            | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
-        printf 'managed:%s\\t%s\\n' "$f" "$h"
-      else
-        printf 'managed:%s\\t-\\n' "$f"
-      fi
-      continue ;;
-  esac
-  case "$mode" in
-    --images)
-      if docker image inspect "$1" >/dev/null 2>&1; then v=present; else v=missing; fi
-      printf 'image:%s\\t%s\\n' "$1" "$v" ;;
-    --files)
-      if [ -f "$1" ]; then
-        printf 'file:%s\\t%s %s\\n' "$1" "$(sha256sum <"$1" | cut -d' ' -f1)" "$(stat -c '%a %u:%g' "$1")"
-      else
-        printf 'file:%s\\t-\\n' "$1"
-      fi ;;
-  esac
-  shift
-done
-if docker info >/dev/null 2>&1; then
-  docker ps -a --filter "label=com.docker.compose.project=$project" \\
-    --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Image}}' 2>/dev/null \\
-    | while read -r s st img; do
-        printf 'service:%s\\t%s\\n' "$s" "$st"
-        printf 'service-image:%s\\t%s\\n' "$s" "$img"
-      done
-fi
-if [ -f /var/lib/pvestack/upgrade.json ]; then
-  printf 'upgrade\\t%s\\n' "$(tr -d '\\n\\t' </var/lib/pvestack/upgrade.json)"
-fi
-exit 0
-"""
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -383,26 +331,30 @@ def managed_sha256(f: AppFile) -> str:
     return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
 
 
+def file_want(f: AppFile) -> FileFact:
+    """The fact of a whole file as the file step writes it."""
+    return FileFact(content_sha256(f), _mode(f.mode), f.uid, f.gid)
+
+
 def yaml_paths(f: AppFile) -> tuple[tuple[str, ...], ...]:
     """The key paths a merged YAML file's content owns (no secrets in it)."""
     return managed_yaml_paths(_reveal(f.content).decode())
 
 
-def yaml_state(f: AppFile) -> str:
-    """What ``FACTS`` prints for a merged YAML file whose managed keys are as desired."""
+def yaml_want(f: AppFile) -> YamlFact:
+    """The fact of a merged YAML file whose managed keys, mode and owner are as desired."""
     text = _reveal(f.content).decode()
     digest = managed_yaml_digest(text, managed_yaml_paths(text))
-    return f"{_mode(f.mode)} {f.uid}:{f.gid} {digest}"
+    return YamlFact(_mode(f.mode), f.uid, f.gid, digest)
 
 
-def yaml_changes(f: AppFile, fact: str) -> tuple[str, ...]:
+def yaml_changes(f: AppFile, fact: YamlFact) -> tuple[str, ...]:
     """What differs in the guest's YAML file: the managed keys (dotted), ``mode``, ``owner``."""
-    mode, owner, digests = [*fact.split(" ", 2), "", "", ""][:3]
-    out = list(changed_yaml_keys(_reveal(f.content).decode(), digests or "[]"))
-    if mode != _mode(f.mode):
-        out.append(f"mode {mode}")
-    if owner != f"{f.uid}:{f.gid}":
-        out.append(f"owner {owner}")
+    out = list(changed_yaml_keys(_reveal(f.content).decode(), fact.digest or "[]"))
+    if fact.mode != _mode(f.mode):
+        out.append(f"mode {fact.mode}")
+    if (fact.uid, fact.gid) != (f.uid, f.gid):
+        out.append(f"owner {fact.uid}:{fact.gid}")
     return tuple(out)
 
 
@@ -518,71 +470,60 @@ def up_step(stack: StackSpec, app: AppSpec, vmid: int) -> Step:
 # ---------------------------------------------------------------- observe
 
 
-def guest_fact_commands_yaml_args(f: AppFile) -> tuple[str, str]:
-    """``FACTS``' arguments after ``--yaml PATH``: the managed key paths (JSON) and the
-    program that prints their digests (``recipes._yamlkeys``)."""
-    return json.dumps([list(p) for p in yaml_paths(f)]), yaml_merge_program()
+def yaml_read(f: AppFile) -> YamlRead:
+    """How ``FACTS`` reads a merged YAML file: its managed key paths, ``recipes``' program."""
+    return YamlRead(f.path, yaml_paths(f), yaml_merge_program())
+
+
+def fact_query(stack: StackSpec) -> FactQuery | None:
+    """What observe reads in the stack's guest (``pvestack._guestfacts``); None: no app."""
+    app = stack.app
+    if app is None:
+        return None
+    return FactQuery(
+        project=project_name(stack),
+        images=tuple(i.ref for i in app.images),
+        files=tuple(f.path for f in app.files if not (f.merge_env or f.merge_yaml)),
+        managed=tuple(ManagedRead(f.path, managed_keys(f)) for f in app.files if f.merge_env),
+        yaml=tuple(yaml_read(f) for f in app.files if f.merge_yaml),
+    )
 
 
 def guest_fact_commands(stack: StackSpec, vmid: int) -> tuple[Command, ...]:
     """Read-only commands (run as root on the node) whose output ``parse_guest_facts`` reads."""
-    app = stack.app
-    if app is None:
-        return ()
-    args: list[str] = [project_name(stack), "--images", *(i.ref for i in app.images)]
-    args += ["--files", *(f.path for f in app.files if not (f.merge_env or f.merge_yaml))]
-    for f in app.files:
-        if f.merge_env:
-            args += ["--managed", f.path, *managed_keys(f), "--"]
-        if f.merge_yaml:
-            args += ["--yaml", f.path, *guest_fact_commands_yaml_args(f)]
-    return (pct_sh(vmid, FACTS, *args),)
-
-
-def parse_guest_facts(outputs: Sequence[str]) -> dict[str, str]:
-    """``key<TAB>value`` lines -> facts (``docker``, ``compose``, ``image:REF``,
-    ``file:PATH`` = ``"<sha256> <mode> <uid>:<gid>"`` or ``-``, ``managed:PATH``,
-    ``service:NAME`` (its state), ``service-image:NAME`` (the image it runs), ``upgrade``
-    (the JSON of an unfinished upgrade's marker))."""
-    facts: dict[str, str] = {}
-    for out in outputs:
-        for line in out.splitlines():
-            key, sep, value = line.partition("\t")
-            if sep and key:
-                facts[key] = value.strip()
-    return facts
+    q = fact_query(stack)
+    return () if q is None else (pct_sh(vmid, FACTS, *read_args(q)),)
 
 
 # ---------------------------------------------------------------- plan
 
 
-def _file_state(f: AppFile, obs: ObservedStack) -> tuple[bool | None, str]:
+def _file_fact(
+    f: AppFile, facts: GuestFacts
+) -> tuple[FileFact | ManagedFact | YamlFact | Absent | Unreadable | None, object]:
+    """The guest's fact of ``f`` (None: not read) and the fact it has when in sync."""
+    if f.merge_yaml:
+        return facts.yaml.get(f.path), yaml_want(f)
+    if f.merge_env:
+        return facts.managed.get(f.path), ManagedFact(managed_sha256(f))
+    return facts.files.get(f.path), file_want(f)
+
+
+def _file_state(f: AppFile, facts: GuestFacts | None) -> tuple[bool | None, str]:
     """(in sync?, what is there). None: not observed."""
-    facts = obs.guest_facts
-    if f.merge_yaml and f"yaml:{f.path}" in facts:
-        have = facts[f"yaml:{f.path}"]
-        if have == "-":
-            return False, "absent"
-        if have == "?":
-            return None, "not observed"
-        return have == yaml_state(f), "present"
-    if f.merge_env and f"managed:{f.path}" in facts:
-        have = facts[f"managed:{f.path}"]
-        if have == "-":
-            return False, "absent"
-        return have == managed_sha256(f), "present"
-    if f"file:{f.path}" in facts:
-        have = facts[f"file:{f.path}"]
-        if have == "-":
-            return False, "absent"
-        want = f"{content_sha256(f)} {_mode(f.mode)} {f.uid}:{f.gid}"
-        return have == want, "present"
-    if f.path in obs.guest_files:
-        sha = obs.guest_files[f.path]
-        if sha is None:
-            return False, "absent"
-        return sha == content_sha256(f), "present"
-    return None, "not observed"
+    if facts is None:
+        return None, "not observed"
+    have, want = _file_fact(f, facts)
+    if have is None or isinstance(have, Unreadable):
+        return None, "not observed"
+    if isinstance(have, Absent):
+        return False, "absent"
+    return have == want, "present"
+
+
+def _text(fact: str | None) -> str:
+    """A fact as the plan shows it; not read: ``unknown``."""
+    return "unknown" if fact is None else str(fact)
 
 
 def _secret_summary(f: AppFile) -> str:
@@ -595,27 +536,29 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
     app = stack.app
     if app is None:
         return ()
-    facts = observed.guest_facts
     running = observed.container is not None and observed.container.status == "running"
-    known = running and bool(facts or observed.guest_files)
+    # not running or not observed: every fact unknown (GuestFacts' defaults)
+    facts = observed.guest_facts if running else None
+    known = facts is not None
+    seen = facts if facts is not None else GuestFacts()
     node = observed.container.node if observed.container is not None else stack.container.node
     target = Target.lxc(node, vmid)
     pre = Running(stack.name)
     actions: list[Action] = []
 
-    docker_ok = facts.get("docker") == "ok" and facts.get("compose", "missing") != "missing"
+    docker_ok = seen.docker_ready
     if not docker_ok:
         actions.append(
             Action(
                 id=f"{stack.name}:guest:docker",
                 kind=ActionKind.GUEST_DOCKER,
-                change=Change.CREATE if facts.get("docker") == "missing" else Change.RUN,
+                change=Change.CREATE if seen.docker is DockerFact.MISSING else Change.RUN,
                 target=target,
                 actor=Actor.GUEST,
                 reason=f"Docker engine and compose ({app.docker_source})"
-                + ("" if facts else ": not observed, the step checks first"),
+                + ("" if known else ": not observed, the step checks first"),
                 stack=stack.name,
-                before={"docker": facts.get("docker", "unknown")},
+                before={"docker": _text(seen.docker)},
                 after={"docker": "ok", "source": app.docker_source},
                 steps=docker_steps(app, vmid),
                 precondition=pre,
@@ -624,7 +567,7 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
 
     changed_files = False
     for f in app.files:
-        in_sync, there = _file_state(f, observed) if known else (None, "not observed")
+        in_sync, there = _file_state(f, facts)
         if in_sync:
             continue
         changed_files = True
@@ -640,8 +583,8 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
             after["secrets"] = secrets
         if f.merge_env or f.merge_yaml:
             after["other keys"] = "kept"
-        fact = observed.guest_facts.get(f"yaml:{f.path}", "?") if f.merge_yaml else "?"
-        if in_sync is False and fact not in ("?", "-"):
+        fact = seen.yaml.get(f.path) if f.merge_yaml else None
+        if in_sync is False and isinstance(fact, YamlFact):
             after["changed"] = ", ".join(yaml_changes(f, fact))
         if f.services:
             when = "a managed key changes" if f.merge_yaml else "the bytes change"
@@ -665,8 +608,8 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
 
     missing_images = False
     for img in app.images:
-        state = facts.get(f"image:{img.ref}") if known else None
-        if state == "present":
+        state = seen.images.get(img.ref)
+        if state is ImageFact.PRESENT:
             continue
         missing_images = True
         actions.append(
@@ -678,16 +621,17 @@ def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple
                 actor=Actor.GUEST,
                 reason=("docker load from " + img.tarball) if img.tarball else "docker pull",
                 stack=stack.name,
-                before={"image": state or "unknown"},
+                before={"image": _text(state)},
                 after={"image": img.ref},
                 steps=(image_step(img.ref, img.tarball, vmid),),
                 precondition=pre,
             )
         )
 
-    services_ok = known and all(facts.get(f"service:{s}") == "running" for s in app.services)
+    services = {s: seen.services.get(s) for s in app.services}
+    services_ok = known and all(v is not None and v.state == "running" for v in services.values())
     if changed_files or missing_images or not docker_ok or not services_ok:
-        before = {s: facts.get(f"service:{s}", "unknown") for s in app.services}
+        before = {s: _text(v.state if v is not None else None) for s, v in services.items()}
         actions.append(
             Action(
                 id=f"{stack.name}:guest:up",

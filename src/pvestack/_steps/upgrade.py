@@ -3,20 +3,21 @@ leaves in the CT, and the wait for Docker after a rollback's start.
 
 The marker (``/var/lib/pvestack/upgrade.json``, JSON ``{stack, from, to, snapshot,
 backup, phase}``) is written before anything changes and removed when the upgrade
-finished (green) or was rolled back; observe's ``FACTS`` program prints it as the
-``upgrade`` fact, so the next plan shows ``upgrade (resume)``.
+finished (green) or was rolled back; observe's ``FACTS`` program (``_guestfacts``)
+reads it back as ``GuestFacts.upgrade``, so the next plan shows ``upgrade (resume)``.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 
 from pvestack._commands import Payload, Step
-from pvestack._model import UpgradeMarker
+from pvestack._guestfacts import UPGRADE_MARKER, UpgradeMarker
 from pvestack._steps.guest import pct_sh
 
-MARKER_DIR = "/var/lib/pvestack"
-MARKER_PATH = f"{MARKER_DIR}/upgrade.json"
+MARKER_PATH = UPGRADE_MARKER  # observe reads it (``_guestfacts.FACTS``)
+MARKER_DIR = posixpath.dirname(MARKER_PATH)
 
 # Args: the marker's directory and path; the JSON on stdin (written atomically).
 WRITE_MARKER = """\

@@ -23,6 +23,7 @@ from pvestack._errors import (
     SnapshotUnavailable,
     TlsError,
     TransportError,
+    UpgradeFailed,
     WaitTimeout,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "SnapshotUnavailable",
     "TlsError",
     "TransportError",
+    "UpgradeFailed",
     "WaitTimeout",
     "__version__",
 ]

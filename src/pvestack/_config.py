@@ -471,6 +471,36 @@ class FeaturesSection(_Strict):
         return v
 
 
+class SnapshotsSection(_Strict):
+    """``[stack.snapshots]``: pvestack's own snapshots (``pvestack-<UTC time>``)."""
+
+    keep: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="pvestack snapshots kept after a successful upgrade (the oldest go; "
+        "snapshots pvestack did not make are never deleted)",
+    )
+
+
+class BackupSection(_Strict):
+    """``[stack.backup]``: vzdump through the API."""
+
+    before_upgrade: bool = Field(
+        default=False,
+        description="take a vzdump backup before each upgrade (also the safety net of a "
+        "CT PVE cannot snapshot; bind-mounted host directories are in no backup)",
+    )
+    storage: str = Field(default="local", description="the backup storage (content backup)")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not _STORAGE_RE.fullmatch(v):
+            raise ValueError("not a storage id")
+        return v
+
+
 class StackSection(_Strict):
     name: str
     node: str
@@ -495,6 +525,8 @@ class StackSection(_Strict):
     mount: list[MountSection] = Field(default_factory=list)
     idmap: list[str] | None = None
     depends_on: list[str] = Field(default_factory=list)
+    snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
+    backup: BackupSection = Field(default_factory=BackupSection)
     app: dict[str, Any] | None = None
 
     @field_validator("name")

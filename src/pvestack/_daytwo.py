@@ -35,13 +35,12 @@ from pvestack._errors import (
     SnapshotUnavailable,
 )
 from pvestack._model import mark_owner
+from pvestack._plan import snapshot_blockers as plan_snapshot_blockers
 from pvestack._pvevalues import parse_tags
 
 SNAPSHOT_PREFIX = "pvestack-"
 _OURS = re.compile(r"^pvestack-(\d{8}T\d{6}Z)$")
 _MOUNT = re.compile(r"^(rootfs|mp\d+)$")
-#: storage types whose container volumes PVE can snapshot (Plugin::volume_has_feature)
-SNAPSHOT_STORAGE_TYPES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
 #: what an API token needs for day two, for `doctor`: (ACL path, privilege, what for)
 PRIVILEGES = (
     ("/vms/{vmid}", "VM.Audit", "snapshots, status, interfaces"),
@@ -166,22 +165,15 @@ def _mounts(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def snapshot_blockers(client: PveClient, guest: Guest, config: Mapping[str, Any]) -> list[str]:
-    """Why PVE would refuse a snapshot of this CT (empty: it can)."""
-    rows = client.get(f"/nodes/{guest.node}/storage") or []
-    types = {str(s.get("storage")): str(s.get("type")) for s in rows if isinstance(s, dict)}
-    out = []
-    for key, vol, where in _mounts(config):
-        if vol.startswith("/"):
-            kind = "device" if vol.startswith("/dev/") else "bind mount"
-            out.append(f"{key} is a {kind} of the host path {vol} at {where} "
-                       "(a host path has no storage snapshot)")  # fmt: skip
-            continue
-        sid = vol.partition(":")[0]
-        stype = types.get(sid)
-        if stype is not None and stype not in SNAPSHOT_STORAGE_TYPES:
-            out.append(f"{key} ({vol}) is on storage '{sid}' of type {stype}, which cannot "
-                       "snapshot container volumes")  # fmt: skip
-    return out
+    """Why PVE would refuse a snapshot of this CT (empty: it can); the rule is the plan's
+    (``pvestack._plan.snapshot_blockers``), the storage types are read here."""
+    return plan_snapshot_blockers(config, storage_types(client, guest.node))
+
+
+def storage_types(client: PveClient, node: str) -> dict[str, str]:
+    """Storage id -> type, as the node lists them."""
+    rows = client.get(f"/nodes/{node}/storage") or []
+    return {str(s.get("storage")): str(s.get("type")) for s in rows if isinstance(s, dict)}
 
 
 def take_snapshot(
@@ -233,11 +225,19 @@ def rollback(client: PveClient, guest: Guest, name: str, *, start: bool = True) 
     config = client.get(f"{guest.base}/config") or {}
     params: dict[str, str | int] = {"start": 1} if start else {}
     upid = client.post(f"{guest.base}/snapshot/{name}/rollback", **params)
+    protected = str(config.get("protection", "0")) in ("1", "true")
     try:
         client.wait_task(str(upid))
     except PveTaskError as e:
-        raise RollbackFailed(_rollback_failure(client, guest, name, e)) from e
-    protected = str(config.get("protection", "0")) in ("1", "true")
+        msg = _rollback_failure(client, guest, name, e)
+        if protected:
+            msg += (
+                f"\nthe CT has protection=1 (pve-container checks it for destroy and disk "
+                f"removal, not for a rollback); if your PVE refused for it: pct set "
+                f"{guest.vmid} --protection 0, roll back, then pct set {guest.vmid} "
+                "--protection 1"
+            )
+        raise RollbackFailed(msg) from e
     return RollbackResult(guest, name, start, protected)
 
 

@@ -26,6 +26,7 @@ from pvestack._model import (
     IdMap,
     StackSpec,
     TemplateSpec,
+    UpgradePolicy,
     VolumeMount,
 )
 
@@ -271,6 +272,11 @@ def build_desired(
                 container=container_spec(st),
                 app=app,
                 depends_on=tuple(st.depends_on),
+                upgrade=UpgradePolicy(
+                    keep=st.snapshots.keep,
+                    backup_before=st.backup.before_upgrade,
+                    backup_storage=st.backup.storage,
+                ),
             )
         )
     return DesiredState(stacks=tuple(stacks), source=source or cfg.source_file)

@@ -183,6 +183,11 @@ class RollbackFailed(PvestackError):
     """A rollback task failed; the message says the CT's state and what to run."""
 
 
+class UpgradeFailed(PvestackError):
+    """An upgrade did not end green: its image did not load (nothing restarted), or
+    verify failed (then rolled back, or kept with ``--no-rollback``)."""
+
+
 class CannotRun(PvestackError):
     """A check could not look (no transport, the container or address unreachable):
     verify reports it as ``unverified``, never as a pass."""

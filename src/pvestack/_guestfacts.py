@@ -31,6 +31,9 @@ from typing import Any
 
 # ---------------------------------------------------------------- values
 
+#: an unfinished upgrade's marker in the CT (``pvestack._steps.upgrade`` writes it)
+UPGRADE_MARKER = "/var/lib/pvestack/upgrade.json"
+
 
 class DockerFact(StrEnum):
     OK = "ok"  # ``docker info`` answers
@@ -99,6 +102,25 @@ class ServiceFact:
     image: str
 
 
+@dataclass(frozen=True)
+class ServiceUpgrade:
+    """One compose service moving from the image it runs to the pinned one."""
+
+    service: str
+    from_image: str
+    to_image: str
+
+
+@dataclass(frozen=True)
+class UpgradeMarker:
+    """``/var/lib/pvestack/upgrade.json`` in the CT: an upgrade that did not finish."""
+
+    services: tuple[ServiceUpgrade, ...]
+    snapshot: str | None  # the snapshot to roll back to (None: none was taken)
+    backup: str | None  # the backup volid taken before it
+    phase: str  # "upgrade" (more phases may come; unknown ones are kept as text)
+
+
 def _frozen(m: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(m or {}))
 
@@ -114,6 +136,7 @@ class GuestFacts:
     managed: Mapping[str, ManagedFact | Absent] = field(default_factory=_frozen)
     yaml: Mapping[str, YamlFact | Absent | Unreadable] = field(default_factory=_frozen)
     services: Mapping[str, ServiceFact] = field(default_factory=_frozen)
+    upgrade: UpgradeMarker | None = None  # an unfinished upgrade (None: no marker)
 
     @property
     def docker_ready(self) -> bool:
@@ -168,7 +191,7 @@ def read_args(q: FactQuery) -> tuple[str, ...]:
 # lines, read by the parsers below: docker ok|missing; compose plugin|v1|missing;
 # image:REF present|missing; file:PATH "SHA256 MODE UID:GID" or -; managed:PATH SHA256 or -;
 # yaml:PATH "MODE UID:GID DIGESTS" or - or ? (cannot digest: no python3-yaml yet);
-# service:NAME "STATE IMAGE".
+# service:NAME "STATE IMAGE"; upgrade JSON (the marker of an unfinished upgrade).
 FACTS = """\
 project=$1
 shift
@@ -221,6 +244,9 @@ if docker info >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project=$project" \\
     --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Image}}' 2>/dev/null \\
     | while read -r s st img; do printf 'service:%s\\t%s %s\\n' "$s" "$st" "$img"; done
+fi
+if [ -f /var/lib/pvestack/upgrade.json ]; then
+  printf 'upgrade\\t%s\\n' "$(tr -d '\\n\\t' </var/lib/pvestack/upgrade.json)"
 fi
 exit 0
 """
@@ -292,6 +318,26 @@ def parse_service(value: str) -> ServiceFact | None:
     return ServiceFact(state, image.strip()) if state else None
 
 
+def parse_upgrade(value: str) -> UpgradeMarker | None:
+    """The marker's JSON ``{stack, from, to, snapshot, backup, phase}``; None when it
+    names no service or cannot be read."""
+    try:
+        raw = json.loads(value)
+        frm, to = dict(raw.get("from") or {}), dict(raw.get("to") or {})
+        services = tuple(
+            ServiceUpgrade(str(s), str(frm.get(s, "?")), str(to[s])) for s in sorted(to)
+        )
+        snap, backup = raw.get("snapshot"), raw.get("backup")
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+    if not services:
+        return None
+    return UpgradeMarker(
+        services, str(snap) if snap else None, str(backup) if backup else None,
+        str(raw.get("phase", "?")),
+    )  # fmt: skip
+
+
 # kind -> (parser, the GuestFacts map it fills); docker and compose have no name.
 _NAMED: dict[str, tuple[Callable[[str], Any], str]] = {
     "image": (parse_image, "images"),
@@ -308,6 +354,7 @@ def parse_guest_facts(outputs: Sequence[str]) -> GuestFacts | None:
     seen = False
     docker: DockerFact | None = None
     compose: ComposeFact | None = None
+    upgrade: UpgradeMarker | None = None
     maps: dict[str, dict[str, Any]] = {attr: {} for _, attr in _NAMED.values()}
     for out in outputs:
         for line in out.splitlines():
@@ -320,6 +367,8 @@ def parse_guest_facts(outputs: Sequence[str]) -> GuestFacts | None:
                 docker, seen = parse_docker(value) or docker, True
             elif not colon and kind == "compose":
                 compose, seen = parse_compose(value) or compose, True
+            elif not colon and kind == "upgrade":
+                upgrade, seen = parse_upgrade(value), True
             elif colon and name and kind in _NAMED:
                 parse, attr = _NAMED[kind]
                 fact = parse(value)
@@ -336,4 +385,5 @@ def parse_guest_facts(outputs: Sequence[str]) -> GuestFacts | None:
         managed=_frozen(maps["managed"]),
         yaml=_frozen(maps["yaml"]),
         services=_frozen(maps["services"]),
+        upgrade=upgrade,
     )

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pvestack._commands import Secret, Step
-from pvestack._guestfacts import GuestFacts
+from pvestack._guestfacts import GuestFacts, ServiceUpgrade, UpgradeMarker
 from pvestack._pvevalues import parse_tags
 from pvestack._verifyspec import AppFacts
 
@@ -226,11 +226,21 @@ class ImageSource:
 
 
 @dataclass(frozen=True)
+class UpgradePolicy:
+    """``[stack.snapshots]`` and ``[stack.backup]``: the safety net of an upgrade."""
+
+    keep: int = 3  # pvestack's own snapshots kept after a successful upgrade
+    backup_before: bool = False  # vzdump before each upgrade
+    backup_storage: str = "local"
+
+
+@dataclass(frozen=True)
 class StackSpec:
     name: str
     container: ContainerSpec
     app: AppSpec | None = None
     depends_on: tuple[str, ...] = ()
+    upgrade: UpgradePolicy = UpgradePolicy()
 
 
 @dataclass(frozen=True)
@@ -393,7 +403,39 @@ class ActionKind(StrEnum):
     GUEST_FILE = "guest-file"
     GUEST_IMAGE = "guest-image"
     GUEST_UP = "guest-up"
+    UPGRADE = "upgrade"  # snapshot, new images, compose up, verify; rollback on red
     DESTROY = "destroy"
+
+
+@dataclass(frozen=True)
+class UpgradeSpec:
+    """What an ``upgrade`` action does; ``snapshot`` False says why in ``blockers``."""
+
+    services: tuple[ServiceUpgrade, ...]
+    snapshot: bool
+    blockers: tuple[str, ...]  # why PVE cannot snapshot this CT (empty: it can)
+    backup: bool  # vzdump first ([stack.backup] before_upgrade)
+    backup_storage: str
+    keep: int
+    protected: bool = False  # protection=1 on the CT
+    not_in_backup: tuple[str, ...] = ()  # bind mounts: in neither a snapshot nor a backup
+    resume: UpgradeMarker | None = None  # an interrupted upgrade found in the CT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": {s.service: s.from_image for s in self.services},
+            "to": {s.service: s.to_image for s in self.services},
+            "snapshot": self.snapshot,
+            "snapshot_blockers": list(self.blockers),
+            "backup": self.backup,
+            "backup_storage": self.backup_storage if self.backup else None,
+            "keep": self.keep,
+            "protected": self.protected,
+            "not_in_backup": list(self.not_in_backup),
+            "resume": None
+            if self.resume is None
+            else {"snapshot": self.resume.snapshot, "phase": self.resume.phase},
+        }
 
 
 # ---------------------------------------------------------------- preconditions
@@ -501,8 +543,10 @@ class Action:
     after: Mapping[str, str | None] = field(default_factory=frozen_map)
     api: tuple[ApiCall, ...] = ()  # actor api: the calls, in order
     steps: tuple[Step, ...] = ()  # actor root/guest: commands as data
+    upgrade: UpgradeSpec | None = None  # kind upgrade: what it does
 
     def to_json(self) -> dict[str, Any]:
+        extra = {} if self.upgrade is None else {"upgrade": self.upgrade.to_json()}
         return {
             "id": self.id,
             "stack": self.stack,
@@ -515,6 +559,7 @@ class Action:
             "precondition": str(self.precondition),
             "before": dict(self.before),
             "after": dict(self.after),
+            **extra,
         }
 
 

@@ -44,6 +44,16 @@ def _diff_lines(a: Action) -> Iterator[str]:
             yield f"        {k}: {show(b)} -> {show(af)}"
 
 
+def _upgrade_lines(a: Action) -> Iterator[str]:
+    u = a.upgrade
+    if u is None:
+        return
+    head = "upgrade (resume)" if u.resume is not None else "upgrade"
+    snap = "true" if u.snapshot else "false (" + "; ".join(u.blockers) + ")"
+    backup = f"true (storage {u.backup_storage})" if u.backup else "false"
+    yield f"        {head}: snapshot {safe(snap)}, backup {safe(backup)}, keep {u.keep}"
+
+
 def summary(p: Plan, *, root_via: str = "") -> str:
     count = {c: sum(1 for a in p.actions if a.change is c) for c in Change}
     by_actor = {ac: len(p.by_actor(ac)) for ac in Actor}
@@ -70,6 +80,7 @@ def render_text(p: Plan, *, root_via: str = "") -> str:
         if a.reason:
             lines.append(f"        # {safe(a.reason)}")
         lines.extend(_diff_lines(a))
+        lines.extend(_upgrade_lines(a))
     lines.extend(f"  warning: {safe(w)}" for w in p.warnings)
     if p.actions:
         lines += ["", summary(p, root_via=root_via)]

@@ -281,10 +281,22 @@ def apply(
         bool,
         typer.Option("--skip-doctor", help="do not run doctor's checks first (experts)"),
     ] = False,
+    no_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--no-rollback",
+            help="upgrade: keep a failed upgrade for debugging (and upgrade a CT PVE "
+            "cannot snapshot without a backup)",
+        ),
+    ] = False,
+    backup: Annotated[
+        bool, typer.Option("--backup", help="upgrade: a vzdump backup first ([stack.backup])")
+    ] = False,
 ) -> None:
     """Do everything the plan says: the token's part through the API, root's part
     through SSH (or the console script), then the guest's. Doctor's read-only checks
-    run first: a fail stops apply before anything changes."""
+    run first: a fail stops apply before anything changes. An upgrade (a new pinned
+    image) takes a snapshot first and rolls back when verify fails."""
     from pvestack._engine import ApplyHooks, apply_run  # noqa: PLC0415
 
     def show(p: "Plan", via: str) -> None:
@@ -307,8 +319,11 @@ def apply(
     )
     run: ApplyRun = _run(
         opts,
-        lambda s: apply_run(s, hooks, run_verify=not no_verify, run_doctor=not skip_doctor),
-    )
+        lambda s: apply_run(
+            s, hooks, run_verify=not no_verify, run_doctor=not skip_doctor,
+            no_rollback=no_rollback, backup=backup,
+        ),
+    )  # fmt: skip
     for n in run.notes:
         _say(f"warning: {n}", stderr=True, style="bold yellow")
     if json_out:
@@ -317,6 +332,7 @@ def apply(
         data["verify"] = run.report.to_json() if run.report is not None else None
         data["exit_code"] = run.exit_code
         data["doctor"] = _doctor_json(run.doctor) if run.doctor is not None else None
+        data["upgrades"] = [u.to_json() for u in run.upgrades]
         _print_json(data)
         raise typer.Exit(run.exit_code)
     _apply_summary(run)
@@ -348,9 +364,28 @@ def _hand_off(script: str, poll: Callable[[], Any]) -> None:
     hand_off(script, poll, write=lambda t: _say(t, end="", raw=True), interactive=True)
 
 
+def _print_upgrades(run: "ApplyRun") -> None:
+    for u in run.upgrades:
+        moves = ", ".join(f"{s.service} {s.from_image} -> {s.to_image}" for s in u.spec.services)
+        _say(f"\nupgrade {u.stack} ({moves}): " + ("ok" if u.ok else "FAILED"))
+        if u.snapshot or u.backup:
+            _say(f"  safety net: snapshot {u.snapshot or '-'}, backup {u.backup or '-'}")
+        for title, r in (("after the upgrade", u.verify),
+                         ("after the rollback to " + str(u.rolled_back_to),
+                          u.verify_after_rollback)):  # fmt: skip
+            if r is not None:
+                _say(f"  verify {title}: " + ("green" if r.ok else "red"))
+                _print_verify(r)
+        if u.pruned:
+            _say("  pruned: " + ", ".join(u.pruned))
+
+
 def _apply_summary(run: "ApplyRun") -> None:
     from pvestack._engine import Outcome  # noqa: PLC0415
 
+    _print_upgrades(run)
+    if run.upgrades and run.report is not None:
+        _say("\nverify (every stack, after apply):")
     if run.report is not None:
         _print_verify(run.report)
     res = run.result

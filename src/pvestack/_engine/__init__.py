@@ -41,6 +41,7 @@ from pvestack._engine._session import (
     ssh_settings,
 )
 from pvestack._engine._status import status_run, verify_and_record_run
+from pvestack._engine._upgrade import Upgrader, UpgradeReport
 from pvestack._engine._workflows import (
     ApplyHooks,
     ApplyRun,
@@ -85,6 +86,8 @@ __all__ = [
     "Session",
     "Terminal",
     "TransportFactReader",
+    "UpgradeReport",
+    "Upgrader",
     "apply",
     "apply_run",
     "client_settings",

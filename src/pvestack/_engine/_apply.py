@@ -17,7 +17,7 @@ from typing import Any
 from pvestack._client import PveClient
 from pvestack._engine._session import RootAccess
 from pvestack._errors import GuestKeyRefused, PvestackError, ReplacementRequired
-from pvestack._model import Action, Actor, Change, Plan
+from pvestack._model import Action, ActionKind, Actor, Change, Plan
 from pvestack.executors import ApiExecutor, GuestTransport, PreconditionChecker, RootTransport
 
 
@@ -80,8 +80,19 @@ class ApplyResult:
 ProgressHook = Callable[[Action, str, str], None]  # action, phase ("start"|outcome), detail
 
 
+#: runs an ``upgrade`` action (``_engine._upgrade.Upgrader``): True when it ran
+UpgradeRunner = Callable[[Action, GuestTransport, Callable[[str], None] | None], bool]
+
+
 class _Run:
-    def __init__(self, client: PveClient, root: RootAccess, hook: ProgressHook | None) -> None:
+    def __init__(
+        self,
+        client: PveClient,
+        root: RootAccess,
+        hook: ProgressHook | None,
+        upgrader: UpgradeRunner | None = None,
+    ) -> None:
+        self.upgrader = upgrader
         self.api = ApiExecutor(client)
         self.checker = PreconditionChecker(client, root.transport)
         self.root = root
@@ -146,6 +157,10 @@ class _Run:
             return True
         transport = self._transport(a)
         assert transport is not None  # _waits saw one
+        if a.kind is ActionKind.UPGRADE:
+            if self.upgrader is None or self.root.guest_transport is None:
+                raise PvestackError(f"{a.id}: an upgrade runs only through `pvestack apply`")
+            return self.upgrader(a, self.root.guest_transport, self.relay(a))
         ran = False
         for step in a.steps:
             ran = transport.run_step(step, on_output=self.relay(a)) or ran
@@ -158,15 +173,17 @@ def apply(
     *,
     root: RootAccess,
     on_progress: ProgressHook | None = None,
+    upgrader: UpgradeRunner | None = None,
 ) -> ApplyResult:
-    """Run ``p``. Raises ``ReplacementRequired`` before doing anything if it asks for one."""
+    """Run ``p``. Raises ``ReplacementRequired`` before doing anything if it asks for one.
+    ``upgrader`` runs the ``upgrade`` actions (snapshot, steps, verify, rollback)."""
     replace = [a for a in p.actions if a.change is Change.REPLACE]
     if replace:
         raise ReplacementRequired(
             "; ".join(f"{a.target}: {a.reason}" for a in replace),
             hint="pvestack never replaces a container by itself",
         )
-    run = _Run(client, root, on_progress)
+    run = _Run(client, root, on_progress, upgrader)
     for a in p.actions:
         run.one(a)
     pending = any(r.outcome is Outcome.PENDING for r in run.results)

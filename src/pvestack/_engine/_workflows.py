@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pvestack import _daytwo as daytwo
 from pvestack._client import PveClient
 from pvestack._doctor import DoctorReport, RootSettings
 from pvestack._engine._apply import ApplyResult, ProgressHook, apply
@@ -22,9 +23,19 @@ from pvestack._engine._guest import GuestFactReader, places
 from pvestack._engine._nodecheck import preflight, runc_guard
 from pvestack._engine._session import RootAccess, Session
 from pvestack._engine._status import record_report
+from pvestack._engine._upgrade import Upgrader, UpgradeReport
 from pvestack._errors import PvestackError
-from pvestack._model import Action, DesiredState, GuestAccess, ObservedState, Plan
+from pvestack._model import (
+    Action,
+    ActionKind,
+    DesiredState,
+    GuestAccess,
+    ImageSource,
+    ObservedState,
+    Plan,
+)
 from pvestack._observe import FactReader, observe
+from pvestack._plan import UpgradeInputs
 from pvestack._plan import plan as make_plan
 from pvestack.verify import VerifyReport, verify
 
@@ -48,11 +59,21 @@ def plan(
     adopt: bool = False,
     reader: FactReader | None = None,
     guest: Mapping[str, GuestAccess] | None = None,
+    backup: bool = False,
 ) -> PlanResult:
-    """Observe, then plan ``desired`` (one step of every workflow)."""
+    """Observe, then plan ``desired`` (one step of every workflow). A plan with an
+    upgrade is made again with the nodes' storage types (can PVE snapshot the CT?)."""
     before = client.calls
     observed = observe(client, desired, reader=reader)
-    p = make_plan(desired, observed, adopt=adopt, guest=guest)
+    inputs = UpgradeInputs(backup=backup)
+    p = make_plan(desired, observed, adopt=adopt, guest=guest, upgrade=inputs)
+    nodes = sorted({a.target.node for a in p.actions if a.kind is ActionKind.UPGRADE})
+    if nodes:
+        types: dict[str, str] = {}
+        for node in nodes:
+            types.update(daytwo.storage_types(client, node))
+        inputs = UpgradeInputs(storage_types=types, backup=backup)
+        p = make_plan(desired, observed, adopt=adopt, guest=guest, upgrade=inputs)
     return PlanResult(desired, observed, p, client.calls - before)
 
 
@@ -66,7 +87,7 @@ def _reader(s: Session, root: RootAccess | None) -> FactReader | None:
     return TransportFactReader(root.transport) if root.transport else None
 
 
-def _plan(s: Session, root: RootAccess | None) -> PlanResult:
+def _plan(s: Session, root: RootAccess | None, *, backup: bool = False) -> PlanResult:
     reader = _reader(s, root)
     o = s.options
     result = plan(
@@ -75,6 +96,7 @@ def _plan(s: Session, root: RootAccess | None) -> PlanResult:
         adopt=o.adopt,
         reader=reader,
         guest=s.guest_access(generate=False),
+        backup=backup,
     )
     if s.router is not None:
         s.router.learn(places(s.desired.stacks, result.observed))
@@ -125,6 +147,7 @@ class ApplyRun:
     report: VerifyReport | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     doctor: DoctorReport | None = None  # None: --skip-doctor
+    upgrades: tuple[UpgradeReport, ...] = ()  # what each upgrade action did
 
     @property
     def exit_code(self) -> int:
@@ -133,10 +156,12 @@ class ApplyRun:
         return self.result.exit_code
 
 
-def _apply_plan(s: Session, p: Plan, hooks: ApplyHooks) -> ApplyResult:
+def _apply_plan(
+    s: Session, p: Plan, hooks: ApplyHooks, upgrader: Upgrader | None = None
+) -> ApplyResult:
     if not p.actions:
         return ApplyResult((), p)
-    return apply(p, s.client, root=s.root, on_progress=hooks.on_progress)
+    return apply(p, s.client, root=s.root, on_progress=hooks.on_progress, upgrader=upgrader)
 
 
 def _doctor_first(s: Session, hooks: ApplyHooks) -> DoctorReport:
@@ -156,6 +181,8 @@ def apply_run(
     *,
     run_verify: bool = True,
     run_doctor: bool = True,
+    no_rollback: bool = False,
+    backup: bool = False,
 ) -> ApplyRun:
     """``pvestack apply``: doctor's checks first (a fail stops it before any change),
     plan, apply; in console mode hand the root script over, wait for its effects
@@ -166,20 +193,27 @@ def apply_run(
         fails = sum(f.status.value == "fail" for f in found.findings)
         error = f"doctor found {fails} problem(s): nothing was changed (fix them, or --skip-doctor)"
         return ApplyRun(nothing, ApplyResult((), nothing, error=error), doctor=found)
-    run = _apply_run(s, hooks, run_verify=run_verify)
-    return replace(run, doctor=found)
+    upgrader = Upgrader(
+        s.client,
+        lambda name, images: verify_run(s, only=name, images=images),
+        no_rollback=no_rollback,
+    )
+    run = _apply_run(s, hooks, run_verify=run_verify, upgrader=upgrader, backup=backup)
+    return replace(run, doctor=found, upgrades=tuple(upgrader.reports))
 
 
-def _apply_run(s: Session, hooks: ApplyHooks, *, run_verify: bool) -> ApplyRun:
+def _apply_run(
+    s: Session, hooks: ApplyHooks, *, run_verify: bool, upgrader: Upgrader, backup: bool
+) -> ApplyRun:
     root = s.root
     notes = (root.reason,) if root.transport is None and root.via == "ssh" else ()
     s.guest_access(generate=True)  # the per-stack keys exist before the plan (create needs them)
-    p = _plan(s, root).plan
+    p = _plan(s, root, backup=backup).plan
     if hooks.on_plan is not None:
         hooks.on_plan(p, s.cfg.root.via)
     if p.actions and s.options.adopt and hooks.confirm is not None:
         hooks.confirm(p)
-    res = _apply_plan(s, p, hooks)
+    res = _apply_plan(s, p, hooks, upgrader)
     script = None
     root_only = s.router is not None
     if res.exit_code == 3 and root.via == "console":
@@ -190,13 +224,13 @@ def _apply_run(s: Session, hooks: ApplyHooks, *, run_verify: bool) -> ApplyRun:
         if script is not None and hooks.hand_off is not None:
             hooks.hand_off(script, root_effects_missing(s.client, fresh))
             script = None  # printed, and its effects seen
-            p = _plan(s, root).plan
+            p = _plan(s, root, backup=backup).plan
             if hooks.on_plan is not None:
                 hooks.on_plan(p, s.cfg.root.via)
-            res = _apply_plan(s, p, hooks)
+            res = _apply_plan(s, p, hooks, upgrader)
     elif res.exit_code == 3 and s.router is not None and s.router.refused and root.transport:
-        p = _plan(s, root).plan  # root over SSH authorizes the refused key, then on
-        res = _apply_plan(s, p, hooks)
+        p = _plan(s, root, backup=backup).plan  # root over SSH authorizes the refused key
+        res = _apply_plan(s, p, hooks, upgrader)
     report = None
     if run_verify and res.exit_code == 0:
         if hooks.on_verify is not None:
@@ -238,9 +272,19 @@ def destroy_run(
     return DestroyRun(dp, destroy(dp, s.client, on_progress=on_progress))
 
 
-def verify_run(s: Session) -> VerifyReport:
-    """Observe, then run the verify checks on the containers carrying this file's marks."""
+def verify_run(
+    s: Session, *, only: str | None = None, images: Sequence[str] | None = None
+) -> VerifyReport:
+    """Observe, then run the verify checks on the containers carrying this file's marks
+    (``only``: one stack's; ``images``: the images it runs instead of the pinned ones,
+    e.g. after an upgrade's rollback)."""
     desired = s.desired
+    if only is not None:
+        spec = desired.stack(only)
+        if images is not None and spec.app is not None:
+            app = replace(spec.app, images=tuple(ImageSource(ref) for ref in images))
+            spec = replace(spec, app=app)
+        desired = replace(desired, stacks=(spec,))
     observed = observe(s.client, desired)
     vmids: dict[str, int | None] = {}
     for st in observed.stacks:

@@ -25,6 +25,11 @@ from collections.abc import Mapping, Sequence
 
 from pvestack._model import DesiredState, GuestAccess, ObservedState, Plan, StackSpec
 from pvestack._plan._stack import StackPlanner
+from pvestack._plan._upgrade import (
+    UpgradeInputs,
+    not_in_backup,
+    snapshot_blockers,
+)
 from pvestack._plan._values import TOKEN_FEATURES, same_value
 
 
@@ -34,8 +39,10 @@ def plan(
     *,
     adopt: bool = False,
     guest: Mapping[str, GuestAccess] | None = None,
+    upgrade: UpgradeInputs | None = None,
 ) -> Plan:
-    """``guest``: each stack's guest route (absent: ``pct``, no guest-access steps)."""
+    """``guest``: each stack's guest route (absent: ``pct``, no guest-access steps);
+    ``upgrade``: the node's storage types and ``--backup`` (``_plan._upgrade``)."""
     actions, refused, warnings = [], [], []
     for spec in _ordered(desired.stacks):
         p = StackPlanner(
@@ -43,6 +50,7 @@ def plan(
             observed.stack(spec.name),
             adopt=adopt,
             guest=(guest or {}).get(spec.name),
+            upgrade=upgrade,
         )
         p.run()
         actions.extend(p.actions)
@@ -71,4 +79,11 @@ def _ordered(stacks: Sequence[StackSpec]) -> list[StackSpec]:
     return done
 
 
-__all__ = ["TOKEN_FEATURES", "plan", "same_value"]
+__all__ = [
+    "TOKEN_FEATURES",
+    "UpgradeInputs",
+    "not_in_backup",
+    "plan",
+    "same_value",
+    "snapshot_blockers",
+]

@@ -28,6 +28,7 @@ from pvestack._model import (
 from pvestack._plan import _actions as build
 from pvestack._plan._actions import StackCtx
 from pvestack._plan._update import changed_binds, resize_diff, token_diff, unknown_mounts
+from pvestack._plan._upgrade import UpgradeInputs, fold_upgrade
 from pvestack._plan._values import TOKEN_FEATURES
 from pvestack._pvevalues import format_features, idmap_lines
 from pvestack._steps import guest as guest_steps
@@ -46,9 +47,11 @@ class StackPlanner:
         *,
         adopt: bool,
         guest: GuestAccess | None = None,
+        upgrade: UpgradeInputs | None = None,
     ) -> None:
         self.ctx = StackCtx(spec, obs, spec.container.node, obs.vmid or 0, adopt)
         self.guest_access = guest
+        self.upgrade = upgrade or UpgradeInputs()
         self.actions: list[Action] = []
         self.refused: list[str] = []
         self.warnings: list[str] = []
@@ -336,7 +339,11 @@ class StackPlanner:
     def _guest(self) -> None:
         c = self.ctx
         if c.spec.app is not None:
-            self.actions.extend(guest_steps.guest_actions(c.spec, c.obs, c.vmid))
+            acts = guest_steps.guest_actions(c.spec, c.obs, c.vmid)
+            u = self.upgrade
+            self.actions.extend(
+                fold_upgrade(c.spec, c.obs, c.vmid, acts, u.storage_types, force_backup=u.backup)
+            )
 
     # -------------------------------------------------------------- guest access (ssh)
 

@@ -36,11 +36,10 @@ from pvestack._errors import (
 )
 from pvestack._model import mark_owner
 from pvestack._plan import snapshot_blockers as plan_snapshot_blockers
-from pvestack._pvevalues import parse_tags
+from pvestack._pvevalues import mount_points, parse_tags
 
 SNAPSHOT_PREFIX = "pvestack-"
 _OURS = re.compile(r"^pvestack-(\d{8}T\d{6}Z)$")
-_MOUNT = re.compile(r"^(rootfs|mp\d+)$")
 #: what an API token needs for day two, for `doctor`: (ACL path, privilege, what for)
 PRIVILEGES = (
     ("/vms/{vmid}", "VM.Audit", "snapshots, status, interfaces"),
@@ -150,18 +149,6 @@ def _owner(client: PveClient, guest: Guest) -> str | None:
 
 
 # ---------------------------------------------------------------- snapshots
-
-
-def _mounts(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(key, volume or host path, mount path in the CT)."""
-    out = []
-    for key in sorted(config, key=lambda k: (k != "rootfs", k)):
-        if _MOUNT.match(key):
-            value = str(config[key])
-            vol = value.split(",", 1)[0]
-            m = re.search(r"(?:^|,)mp=([^,]+)", value)
-            out.append((key, vol, "/" if key == "rootfs" else (m.group(1) if m else "?")))
-    return out
 
 
 def snapshot_blockers(client: PveClient, guest: Guest, config: Mapping[str, Any]) -> list[str]:
@@ -309,7 +296,7 @@ def backup(
     config = client.get(f"{guest.base}/config") or {}
     excluded = tuple(
         f"{key} ({vol} at {where}): not a volume, not in the backup"
-        for key, vol, where in _mounts(config) if vol.startswith("/")
+        for key, vol, where in mount_points(config) if vol.startswith("/")
     )  # fmt: skip
     before = {b.volid for b in list_backups(client, guest, storage)}
     upid = client.post(

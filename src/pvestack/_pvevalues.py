@@ -34,6 +34,21 @@ def mount_props(value: str) -> dict[str, str]:
     return split_props(value, first_key="volume")
 
 
+_MOUNT_KEY = re.compile(r"^(rootfs|mp\d+)$")
+
+
+def mount_points(config: Mapping[str, object]) -> list[tuple[str, str, str]]:
+    """A CT config's mount points, rootfs first: (key, volume or host path, path in the
+    CT; ``?`` when a mount point names none)."""
+    out = []
+    for key in sorted(config, key=lambda k: (k != "rootfs", k)):
+        if _MOUNT_KEY.match(key):
+            props = mount_props(str(config[key]))
+            where = "/" if key == "rootfs" else props.get("mp", "?")
+            out.append((key, props.get("volume", ""), where))
+    return out
+
+
 def format_features(features: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(features.items()))
 

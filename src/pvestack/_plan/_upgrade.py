@@ -15,7 +15,6 @@ makes PVE refuse the whole snapshot. A vzdump backup leaves bind mounts out too.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,10 +31,10 @@ from pvestack._model import (
     Target,
     UpgradeSpec,
 )
+from pvestack._pvevalues import mount_points
 
 #: storage types whose container volumes PVE can snapshot (Plugin::volume_has_feature)
 SNAPSHOT_STORAGE_TYPES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
-_MOUNT = re.compile(r"^(rootfs|mp\d+)$")
 _FOLDED = (ActionKind.GUEST_IMAGE, ActionKind.GUEST_FILE, ActionKind.GUEST_UP)
 
 
@@ -47,25 +46,13 @@ class UpgradeInputs:
     backup: bool = False  # ``apply --backup``: a vzdump before every upgrade
 
 
-def mounts(config: Mapping[str, object]) -> list[tuple[str, str, str]]:
-    """(key, volume or host path, mount path in the CT), rootfs first."""
-    out = []
-    for key in sorted(config, key=lambda k: (k != "rootfs", k)):
-        if _MOUNT.match(key):
-            value = str(config[key])
-            vol = value.split(",", 1)[0]
-            m = re.search(r"(?:^|,)mp=([^,]+)", value)
-            out.append((key, vol, "/" if key == "rootfs" else (m.group(1) if m else "?")))
-    return out
-
-
 def snapshot_blockers(
     config: Mapping[str, object], storage_types: Mapping[str, str] | None
 ) -> list[str]:
     """Why PVE would refuse a snapshot of a CT with this config (empty: it can).
     ``storage_types`` (storage id -> type) None: storage types not checked."""
     out = []
-    for key, vol, where in mounts(config):
+    for key, vol, where in mount_points(config):
         if vol.startswith("/"):
             kind = "device" if vol.startswith("/dev/") else "bind mount"
             out.append(f"{key} is a {kind} of the host path {vol} at {where} "
@@ -81,7 +68,7 @@ def snapshot_blockers(
 
 def not_in_backup(config: Mapping[str, object]) -> tuple[str, ...]:
     """Bind mounts: vzdump leaves them out (``not a volume``), a snapshot cannot hold them."""
-    return tuple(f"{key} ({vol} at {where})" for key, vol, where in mounts(config)
+    return tuple(f"{key} ({vol} at {where})" for key, vol, where in mount_points(config)
                  if vol.startswith("/"))  # fmt: skip
 
 

@@ -10,6 +10,12 @@ containers while the guest steps ran (``ps`` snapshots), or in ``docker inspect`
 Verify exits 0 with every check green: the bind-mount checks, which cannot read the
 node without root on it, prove the probe's owner inside the container (the host side is
 the id map's image of it, and their evidence says the node was not read).
+
+The adopted variant makes both containers beforehand with the token, as the seed's
+Terraform does (no ``ssh-public-keys``, no mark, its own description and tags, started;
+the gateway's template without an SSH server): apply refuses them without ``--adopt``
+and changes nothing; with it the plan shows the adoption, the script installs sshd,
+authorizes the stack's key and records the host key, and the rest is the same flow.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from shlex import quote
+from typing import Any
 
 import pytest
-from labkit import Api, ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import Api, ensure_lab_images, host_tmpdir, make_lab, ssh, ssh_argv
 
 from pvelab.control import Lab
 from pvelab.runtime import template
@@ -60,12 +66,12 @@ def _lab(prefix: str, n: int) -> Iterator[Lab]:
         shutil.rmtree(lab.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test each: torn down before the next lab starts
 def lab() -> Iterator[Lab]:
     yield from _lab("pvestack-labconseed-", 4)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test each: torn down before the next lab starts
 def adopt_lab() -> Iterator[Lab]:
     yield from _lab("pvestack-labconadopt-", 8)
 
@@ -200,8 +206,8 @@ def console_flow(lab: Lab, tmp_path: Path, *, adopt: bool = False) -> None:
             pub = (tmp_path / "xdg" / "pvestack" / "keys" / f"{name}.pub").read_text()
             assert keys.stdout.splitlines() == [pub.strip()], keys.stdout + keys.stderr
 
-    printed += guest_apply(env, node_env, stack, master)
-    printed += verify_green(env, stack)
+    report = guest_apply(env, node_env, stack, master, tmp_path, printed)
+    verify_green(report)
 
     r = pvestack(env, "apply", "-c", str(stack), "--no-verify")
     printed += [r.stdout, r.stderr]
@@ -216,43 +222,51 @@ def console_flow(lab: Lab, tmp_path: Path, *, adopt: bool = False) -> None:
         assert master not in inspect.stdout
 
 
+PS_LOOP = "while :; do ps -eo args; echo {sep}; sleep 0.5; done"
+
+
 def guest_apply(
-    env: dict[str, str], node_env: dict[str, str], stack: Path, master: str
-) -> list[str]:
-    """The second apply: every guest step over the containers' own SSH, while ``ps``
-    snapshots in the containers look for the gateway key in any argv."""
-    snapshots: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            for vmid in (217, 218):
-                ps = ssh(node_env, f"pct exec {vmid} -- ps -eo args", 30)
-                snapshots.append(ps.stdout)
-            stop.wait(0.5)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    env: dict[str, str],
+    node_env: dict[str, str],
+    stack: Path,
+    master: str,
+    tmp: Path,
+    printed: list[str],
+) -> dict[str, Any]:
+    """The second apply: every guest step over the containers' own SSH, while a ``ps``
+    loop in each container (one long ``pct exec``, cheap on a busy node) records every
+    argv, looked through for the gateway key. Returns the verify report apply ran."""
+    sep = "--ps-" + secrets.token_hex(4) + "--"
+    watchers = []
+    for vmid in (217, 218):
+        with (tmp / f"ps-{vmid}.txt").open("w") as out:
+            loop = quote(PS_LOOP.format(sep=sep))
+            argv = ssh_argv(node_env, f"pct exec {vmid} -- sh -c {loop}")
+            watchers.append(subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL))
     try:
         r = pvestack(env, "apply", "-c", str(stack), "--json")
     finally:
-        stop.set()
-        watcher.join(timeout=60)
+        for w in watchers:
+            w.terminate()
+            w.wait(timeout=60)
+    snapshots = [x for v in (217, 218) for x in (tmp / f"ps-{v}.txt").read_text().split(sep)]
     assert len(snapshots) > 10 and any("docker" in x for x in snapshots)
     assert not [x for x in snapshots if master in x]
+    printed += [r.stdout, r.stderr]
     data = json.loads(r.stdout)
     results = data["results"]
     assert results and all(x["outcome"] in ("done", "skipped") for x in results), results
     assert any(x["actor"] == "guest" and x["outcome"] == "done" for x in results)
-    return [r.stdout, r.stderr]
+    assert r.returncode == 0 and data["verify"] is not None, r.stdout[-3000:] + r.stderr[-2000:]
+    report: dict[str, Any] = data["verify"]
+    return report
 
 
-def verify_green(env: dict[str, str], stack: Path) -> list[str]:
-    r = pvestack(env, "verify", "-c", str(stack), "--json")
-    checks = json.loads(r.stdout)["checks"]
+def verify_green(report: dict[str, Any]) -> None:
+    """The verify that apply ran (``pvestack verify``'s checks): every check green."""
+    checks = report["checks"]
     bad = [c for c in checks if c["status"] in ("fail", "unverified")]
     assert bad == [], bad
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     mounts = [c for c in checks if c["id"].startswith("mount.")]
     # proved inside over the guest route; the node itself is never asked (no root on it)
     assert mounts and all(c["status"] == "pass" for c in mounts), mounts
@@ -260,7 +274,6 @@ def verify_green(env: dict[str, str], stack: Path) -> list[str]:
     assert any(c["id"] == "llm.roundtrip" and c["status"] == "pass" for c in checks), checks
     # the path a client such as Open WebUI takes: Hermes's API server, from this machine
     assert any(c["id"] == "hermes.api.chat" and c["status"] == "pass" for c in checks), checks
-    return [r.stdout, r.stderr]
 
 
 def test_seed_topology_console_only(lab: Lab, tmp_path: Path) -> None:

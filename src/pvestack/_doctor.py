@@ -345,9 +345,18 @@ def _vmid_finding(
                            "waits for its task, and says what to run if none runs")  # fmt: skip
         if owner == s.name:
             return Finding(check, Status.PASS, f"{vmid} is this stack's container")
+        name = g.get("name", "")
+        if owner is not None:  # another stack's: never taken over, not even with --adopt
+            return Finding(check, Status.FAIL, f"{vmid} is lxc {name} of stack {owner!r}",
+                           "choose another vmid")  # fmt: skip
         if adopt:
-            return Finding(check, Status.WARN, f"{vmid} is lxc {g.get('name', '')}, not "
+            return Finding(check, Status.WARN, f"{vmid} is lxc {name}, not "
                            "marked as this stack's: --adopt takes it over")  # fmt: skip
+        return Finding(check, Status.FAIL, f"{vmid} is lxc {name} without the pvestack mark: "
+                       "nothing is changed without --adopt",
+                       f"check lxc/{vmid} is the container this stack means, then apply --adopt "
+                       "(the plan shows the diff and the mark it adds first); else choose "
+                       "another vmid")  # fmt: skip
     return Finding(check, Status.FAIL, f"{vmid} is taken by {g.get('type')} {g.get('name', '')}",
                    "choose another vmid (or --adopt a container you own)")  # fmt: skip
 

@@ -389,6 +389,9 @@ def _apply_summary(run: "ApplyRun") -> None:
     if run.report is not None:
         _print_verify(run.report)
     res = run.result
+    if res.error:  # stopped before the plan ran (doctor): not "No changes"
+        _say(f"error: {res.error}", stderr=True, style="bold red")
+        return
     if not run.plan.actions:
         _say("No changes." if not run.plan.refused else "Nothing done: guests refused (see above).")
         return

@@ -52,6 +52,7 @@ def test_apply_stops_on_a_missing_privilege_before_any_change(served: Served, st
     text = CliRunner().invoke(app, ["apply", "-c", str(stack)])
     assert text.exit_code == 1 and _writes(served) == []
     assert "FAIL  privilege /vms/105" in text.output and "pveum role modify" in text.output
+    assert "error: doctor found 1 problem" in text.output and "No changes" not in text.output
 
 
 def test_apply_proceeds_when_all_is_well_and_skip_doctor_skips_it(

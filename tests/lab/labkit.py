@@ -260,19 +260,24 @@ class Api:
         raise AssertionError(f"task {upid} still running after {timeout}s")
 
 
-def ssh(
-    env: dict[str, str], command: str, timeout: float = 600, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Root on the lab node over SSH, the way pvestack's SSH path reaches a PVE node."""
-    argv = [
+def ssh_argv(env: dict[str, str], command: str) -> list[str]:
+    """The ``ssh`` argv of root on the lab node running ``command``."""
+    return [
         "ssh", "-p", env["PVESTACK_SSH_PORT"], "-i", env["PVESTACK_SSH_KEY"],
         "-o", f"UserKnownHostsFile={env['PVESTACK_SSH_KNOWN_HOSTS']}",
         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
         f"{env['PVESTACK_SSH_USER']}@{env['PVESTACK_SSH_HOST']}", command,
     ]  # fmt: skip
+
+
+def ssh(
+    env: dict[str, str], command: str, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Root on the lab node over SSH, the way pvestack's SSH path reaches a PVE node."""
     return subprocess.run(
-        argv, input=stdin or "", capture_output=True, text=True, timeout=timeout, check=False
-    )
+        ssh_argv(env, command), input=stdin or "", capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 LAB_IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))

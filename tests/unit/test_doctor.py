@@ -123,7 +123,21 @@ def test_a_foreign_ct_in_the_vmid_fails_unless_apply_adopts_it() -> None:
     guests = {105: {"type": "lxc", "node": "pve", "name": "other"}}
     plain = _vmid_finding(_ForeignConfig(), stack, guests)
     assert plain.status is Status.FAIL and "--adopt" in plain.fix
+    assert "without the pvestack mark" in plain.evidence
     adopted = _vmid_finding(_ForeignConfig(), stack, guests, adopt=True)
     assert adopted.status is Status.WARN and "--adopt takes it over" in adopted.evidence
     vm = _vmid_finding(_ForeignConfig(), stack, {105: {"type": "qemu", "name": "vm"}}, adopt=True)
     assert vm.status is Status.FAIL  # a VM is never adopted
+
+
+class _OtherStackConfig(_ForeignConfig):
+    def get(self, path: str, **params: str | int) -> Any:
+        return {"hostname": "other", "tags": "pvestack", "description": "pvestack-stack: other"}
+
+
+def test_another_stacks_ct_fails_even_with_adopt() -> None:
+    (stack,) = _desired().stacks
+    guests = {105: {"type": "lxc", "node": "pve", "name": "other"}}
+    taken = _vmid_finding(_OtherStackConfig(), stack, guests, adopt=True)
+    assert taken.status is Status.FAIL and "stack 'other'" in taken.evidence
+    assert "--adopt" not in taken.fix

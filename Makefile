@@ -5,14 +5,25 @@
 #   make bench  the benchmarks (calls, times, Ansible side by side, lab timings)
 SHELL := /bin/bash
 VENV ?= .venv
+HERMES_VENV ?= .venv-hermes
 PY := $(VENV)/bin/python
 PVESTACK := $(VENV)/bin/pvestack
 APT_PACKAGES := lxc lxc-templates busybox-static debootstrap dnsmasq-base iptables openssh-server openssh-client docker.io \
 	shellcheck uidmap iproute2 zstd curl ca-certificates python3-venv docker-compose tmux
 
-.PHONY: setup apt venv templates demo test lint unit contract labtest bench stress clean
+.PHONY: setup apt venv hermes-agent templates demo test lint unit contract labtest bench stress clean
 
-setup: apt venv templates
+setup: apt venv templates hermes-agent
+
+# hermes-agent from PyPI in a venv of its own (not a pvestack dependency): tests run its
+# REAL config migration on what the recipe renders (tests/lab/test_hermes_config.py).
+HERMES_AGENT_VERSION := 0.19.0
+hermes-agent: $(HERMES_VENV)/.installed
+
+$(HERMES_VENV)/.installed:
+	python3 -m venv $(HERMES_VENV)
+	$(HERMES_VENV)/bin/pip install -q 'hermes-agent==$(HERMES_AGENT_VERSION)'
+	touch $@
 
 # The lab's debian-12 and debian-13 templates (debootstrap, once; lab tests and `lab up` reuse them).
 templates: apt venv
@@ -66,4 +77,4 @@ stress: setup
 	PVESTACK_STRESS=1 $(VENV)/bin/pytest -m lab tests/lab/test_faults.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(HERMES_VENV) build *.egg-info

@@ -1,8 +1,9 @@
 """hermes-agent's REAL config migration applied to the config.yaml pvestack renders.
 
 Needs a Python with hermes-agent installed (it is not a dependency of pvestack):
-``HERMES_AGENT_PYTHON=/path/to/venv/bin/python`` (e.g. ``python3 -m venv v &&
-v/bin/pip install hermes-agent==0.19.0``); skipped, with that reason, otherwise. The lab
+``make setup`` installs hermes-agent 0.19.0 from PyPI into ``.venv-hermes`` (used by
+default), or ``HERMES_AGENT_PYTHON=/path/to/venv/bin/python``; skipped, with that reason,
+when neither is there. The lab
 end-to-end (``test_hermes_boot.py``) shows the same through the lab image's boot.
 """
 
@@ -26,9 +27,10 @@ from pvestack.recipes import (
     render_app,
 )
 
-PY = os.environ.get("HERMES_AGENT_PYTHON", "")
+_MAKE_VENV = Path(__file__).resolve().parents[2] / ".venv-hermes" / "bin" / "python"
+PY = os.environ.get("HERMES_AGENT_PYTHON") or (str(_MAKE_VENV) if _MAKE_VENV.exists() else "")
 pytestmark = pytest.mark.skipif(
-    not PY, reason="set HERMES_AGENT_PYTHON to a python with hermes-agent installed"
+    not PY, reason="run `make hermes-agent` or set HERMES_AGENT_PYTHON (hermes-agent installed)"
 )
 
 MIGRATE = """

@@ -41,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pvestack._commands import Command, Payload, Secret, Step, cmd
 from pvestack._guestfacts import (
@@ -65,6 +67,7 @@ from pvestack._model import (
     AppFile,
     AppSpec,
     Change,
+    ImageSource,
     ObservedStack,
     Running,
     StackSpec,
@@ -543,120 +546,113 @@ def _secret_summary(f: AppFile) -> str:
     return ", ".join(f"{s.name}=*** (sha256 {s.digest})" for s in secrets)
 
 
+@dataclass(frozen=True)
+class _Ctx:
+    """What every guest action of one stack shares."""
+
+    stack: StackSpec
+    app: AppSpec
+    vmid: int
+    node: str
+    facts: GuestFacts | None  # None: not observed (or the CT is not running)
+
+    @property
+    def seen(self) -> GuestFacts:
+        return self.facts if self.facts is not None else GuestFacts()
+
+    def action(self, suffix: str, kind: ActionKind, **kw: Any) -> Action:
+        kw.setdefault("target", Target.lxc(self.node, self.vmid))
+        return Action(
+            id=f"{self.stack.name}:guest:{suffix}", kind=kind, actor=Actor.GUEST,
+            stack=self.stack.name, precondition=Running(self.stack.name), **kw,
+        )  # fmt: skip
+
+
+def _docker_action(c: _Ctx) -> Action:
+    seen = c.seen
+    return c.action(
+        "docker", ActionKind.GUEST_DOCKER,
+        change=Change.CREATE if seen.docker is DockerFact.MISSING else Change.RUN,
+        reason=f"Docker engine and compose ({c.app.docker_source})"
+        + ("" if c.facts is not None else ": not observed, the step checks first"),
+        before={"docker": _text(seen.docker)},
+        after={"docker": "ok", "source": c.app.docker_source},
+        steps=docker_steps(c.app, c.vmid),
+    )  # fmt: skip
+
+
+def _file_action(c: _Ctx, f: AppFile) -> Action | None:
+    in_sync, there = _file_state(f, c.facts)
+    if in_sync:
+        return None
+    after: dict[str, str | None] = {
+        "mode": f.mode,
+        "owner": f"{f.uid}:{f.gid}",
+        "content": "changes" if in_sync is False and there == "present" else "new",
+    }
+    if in_sync is None:
+        after["content"] = "written if different"
+    secrets = _secret_summary(f)
+    if secrets:
+        after["secrets"] = secrets
+    if f.merge_env or f.merge_yaml:
+        after["other keys"] = "kept"
+    fact = c.seen.yaml.get(f.path) if f.merge_yaml else None
+    if in_sync is False and isinstance(fact, YamlFact):
+        after["changed"] = ", ".join(yaml_changes(f, fact))
+    if f.services:
+        when = "a managed key changes" if f.merge_yaml else "the bytes change"
+        after["restarts"] = ",".join(f.services) + f" (if {when})"
+    return c.action(
+        f"file:{f.path}", ActionKind.GUEST_FILE,
+        change=Change.CREATE if there == "absent" else Change.UPDATE,
+        target=Target(TargetKind.GUEST_PATH, c.node, c.vmid, f.path),
+        reason=f"{c.app.recipe} file"
+        + (" (not observed: written only if different)" if in_sync is None else ""),
+        before={"file": there}, after=after, steps=(file_step(c.app, f, c.vmid),),
+    )  # fmt: skip
+
+
+def _image_action(c: _Ctx, img: ImageSource) -> Action | None:
+    state = c.seen.images.get(img.ref)
+    if state is ImageFact.PRESENT:
+        return None
+    return c.action(
+        f"image:{img.ref}", ActionKind.GUEST_IMAGE, change=Change.CREATE,
+        reason=("docker load from " + img.tarball) if img.tarball else "docker pull",
+        before={"image": _text(state)}, after={"image": img.ref},
+        steps=(image_step(img.ref, img.tarball, c.vmid),),
+    )  # fmt: skip
+
+
+def _up_action(c: _Ctx) -> Action:
+    services = {s: c.seen.services.get(s) for s in c.app.services}
+    return c.action(
+        "up", ActionKind.GUEST_UP, change=Change.RUN,
+        reason="compose up -d; restart only services whose files changed",
+        before={s: _text(v.state if v is not None else None) for s, v in services.items()},
+        after={s: "running" for s in c.app.services},
+        steps=(up_step(c.stack, c.app, c.vmid),),
+    )  # fmt: skip
+
+
 def guest_actions(stack: StackSpec, observed: ObservedStack, vmid: int) -> tuple[Action, ...]:
     """The in-container actions of ``stack`` (empty when everything is in place)."""
     app = stack.app
     if app is None:
         return ()
     running = observed.container is not None and observed.container.status == "running"
-    # not running or not observed: every fact unknown (GuestFacts' defaults)
-    facts = observed.guest_facts if running else None
-    known = facts is not None
-    seen = facts if facts is not None else GuestFacts()
     node = observed.container.node if observed.container is not None else stack.container.node
-    target = Target.lxc(node, vmid)
-    pre = Running(stack.name)
-    actions: list[Action] = []
-
-    docker_ok = seen.docker_ready
-    if not docker_ok:
-        actions.append(
-            Action(
-                id=f"{stack.name}:guest:docker",
-                kind=ActionKind.GUEST_DOCKER,
-                change=Change.CREATE if seen.docker is DockerFact.MISSING else Change.RUN,
-                target=target,
-                actor=Actor.GUEST,
-                reason=f"Docker engine and compose ({app.docker_source})"
-                + ("" if known else ": not observed, the step checks first"),
-                stack=stack.name,
-                before={"docker": _text(seen.docker)},
-                after={"docker": "ok", "source": app.docker_source},
-                steps=docker_steps(app, vmid),
-                precondition=pre,
-            )
-        )
-
-    changed_files = False
-    for f in app.files:
-        in_sync, there = _file_state(f, facts)
-        if in_sync:
-            continue
-        changed_files = True
-        after: dict[str, str | None] = {
-            "mode": f.mode,
-            "owner": f"{f.uid}:{f.gid}",
-            "content": "changes" if in_sync is False and there == "present" else "new",
-        }
-        if in_sync is None:
-            after["content"] = "written if different"
-        secrets = _secret_summary(f)
-        if secrets:
-            after["secrets"] = secrets
-        if f.merge_env or f.merge_yaml:
-            after["other keys"] = "kept"
-        fact = seen.yaml.get(f.path) if f.merge_yaml else None
-        if in_sync is False and isinstance(fact, YamlFact):
-            after["changed"] = ", ".join(yaml_changes(f, fact))
-        if f.services:
-            when = "a managed key changes" if f.merge_yaml else "the bytes change"
-            after["restarts"] = ",".join(f.services) + f" (if {when})"
-        actions.append(
-            Action(
-                id=f"{stack.name}:guest:file:{f.path}",
-                kind=ActionKind.GUEST_FILE,
-                change=Change.CREATE if there == "absent" else Change.UPDATE,
-                target=Target(TargetKind.GUEST_PATH, node, vmid, f.path),
-                actor=Actor.GUEST,
-                reason=f"{app.recipe} file"
-                + (" (not observed: written only if different)" if in_sync is None else ""),
-                stack=stack.name,
-                before={"file": there},
-                after=after,
-                steps=(file_step(app, f, vmid),),
-                precondition=pre,
-            )
-        )
-
-    missing_images = False
-    for img in app.images:
-        state = seen.images.get(img.ref)
-        if state is ImageFact.PRESENT:
-            continue
-        missing_images = True
-        actions.append(
-            Action(
-                id=f"{stack.name}:guest:image:{img.ref}",
-                kind=ActionKind.GUEST_IMAGE,
-                change=Change.CREATE,
-                target=target,
-                actor=Actor.GUEST,
-                reason=("docker load from " + img.tarball) if img.tarball else "docker pull",
-                stack=stack.name,
-                before={"image": _text(state)},
-                after={"image": img.ref},
-                steps=(image_step(img.ref, img.tarball, vmid),),
-                precondition=pre,
-            )
-        )
-
-    services = {s: seen.services.get(s) for s in app.services}
-    services_ok = known and all(v is not None and v.state == "running" for v in services.values())
-    if changed_files or missing_images or not docker_ok or not services_ok:
-        before = {s: _text(v.state if v is not None else None) for s, v in services.items()}
-        actions.append(
-            Action(
-                id=f"{stack.name}:guest:up",
-                kind=ActionKind.GUEST_UP,
-                change=Change.RUN,
-                target=target,
-                actor=Actor.GUEST,
-                reason="compose up -d; restart only services whose files changed",
-                stack=stack.name,
-                before=dict(before),
-                after={s: "running" for s in app.services},
-                steps=(up_step(stack, app, vmid),),
-                precondition=pre,
-            )
-        )
+    # not running or not observed: every fact unknown (GuestFacts' defaults)
+    c = _Ctx(stack, app, vmid, node, observed.guest_facts if running else None)
+    seen = c.seen
+    actions: list[Action] = [] if seen.docker_ready else [_docker_action(c)]
+    files = [a for a in (_file_action(c, f) for f in app.files) if a is not None]
+    images = [a for a in (_image_action(c, i) for i in app.images) if a is not None]
+    actions += files + images
+    services_ok = c.facts is not None and all(
+        (v := seen.services.get(s)) is not None and v.state == "running" for s in app.services
+    )
+    if files or images or not seen.docker_ready or not services_ok:
+        actions.append(_up_action(c))
     return tuple(actions)

@@ -18,6 +18,7 @@ from labstub import ExtractOnlyRuntime
 from pvelab.backend.privileges import DEPLOY_PRIVS, DEPLOY_ROLE
 from pvestack._engine import runc_guard
 from pvestack._model import ActionKind, DesiredState, ObservedStack, Plan, StackSpec
+from pvestack._plan._guest import guest_actions
 from pvestack._steps import guest
 from pvestack.cli import app
 
@@ -77,7 +78,7 @@ def _docker_plan(source: str) -> tuple[Plan, DesiredState]:
 
     spec: StackSpec = hermes_spec(docker=source)
     observed = ObservedStack("hermes", VMID, None, True)
-    return Plan(guest.guest_actions(spec, observed, VMID)), DesiredState((spec,))
+    return Plan(guest_actions(spec, observed, VMID)), DesiredState((spec,))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pvestack._commands import Command, Payload, Secret, render_script, render_shell
+from pvestack._engine._facts import guest_fact_commands
 from pvestack._guestfacts import (
     FACTS,
     ComposeFact,
@@ -34,6 +35,7 @@ from pvestack._model import (
     StackSpec,
     TemplateSpec,
 )
+from pvestack._plan._guest import guest_actions
 from pvestack._steps import guest
 from pvestack.recipes import load_app, render_app
 
@@ -186,7 +188,7 @@ def test_facts_program_agrees_with_the_planner(tmp_path: Path) -> None:
     env = next(Path(f.path) for f in moved if f.merge_env)
     env.write_text("EXTRA=1\n" + env.read_text())  # the app or the operator added a key
 
-    (c,) = guest.guest_fact_commands(spec, VMID)
+    (c,) = guest_fact_commands(spec, VMID)
     argv = list(c.argv[c.argv.index("--") + 1 :])
     r = sh(argv[2], *argv[4:])
     assert r.returncode == 0, r.stderr
@@ -201,7 +203,7 @@ def test_facts_program_agrees_with_the_planner(tmp_path: Path) -> None:
         services={"hermes": ServiceFact("running", "pvestack-lab/hermes-agent:0.19.0")},
         images={"pvestack-lab/hermes-agent:0.19.0": ImageFact.PRESENT},
     )
-    assert guest.guest_actions(spec, running(facts), VMID) == ()
+    assert guest_actions(spec, running(facts), VMID) == ()
 
     changed = hermes_spec("other-model")
     assert changed.app is not None
@@ -210,7 +212,7 @@ def test_facts_program_agrees_with_the_planner(tmp_path: Path) -> None:
         for f, m in zip(changed.app.files, moved, strict=True)
     )
     changed = replace(changed, app=replace(changed.app, files=files))
-    ids = [a.id for a in guest.guest_actions(changed, running(facts), VMID)]
+    ids = [a.id for a in guest_actions(changed, running(facts), VMID)]
     cfg_path = next(f.path for f in files if f.path.endswith("config.yaml"))
     assert ids == [f"hermes:guest:file:{cfg_path}", "hermes:guest:up"]
 
@@ -250,7 +252,7 @@ def test_compose_up_restarts_only_marked_services(tmp_path: Path) -> None:
 
 def test_nothing_observed_gives_every_step() -> None:
     spec = hermes_spec()
-    actions = guest.guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
+    actions = guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
     ids = [a.id for a in actions]
     assert ids[0] == "hermes:guest:docker"
     assert ids[-1] == "hermes:guest:up"
@@ -277,7 +279,7 @@ def test_typed_file_facts_in_sync_leave_files_alone() -> None:
         managed={env.path: ManagedFact(guest.managed_sha256(env))},
         yaml={cfg.path: guest.yaml_want(cfg)},
     )
-    ids = [a.id for a in guest.guest_actions(spec, running(facts), VMID)]
+    ids = [a.id for a in guest_actions(spec, running(facts), VMID)]
     assert not [i for i in ids if ":file:" in i]
     want = guest.file_want(whole[0])
     for off in (
@@ -286,17 +288,17 @@ def test_typed_file_facts_in_sync_leave_files_alone() -> None:
         replace(want, sha256="0" * 64),
     ):
         odd = replace(facts, files={**facts.files, whole[0].path: off})
-        acts = [a for a in guest.guest_actions(spec, running(odd), VMID) if ":file:" in a.id]
+        acts = [a for a in guest_actions(spec, running(odd), VMID) if ":file:" in a.id]
         assert [a.id for a in acts] == [f"hermes:guest:file:{whole[0].path}"]
         assert acts[0].before == {"file": "present"} and acts[0].after["content"] == "changes"
     unknown = replace(facts, managed={})
-    (a,) = [a for a in guest.guest_actions(spec, running(unknown), VMID) if ":file:" in a.id]
+    (a,) = [a for a in guest_actions(spec, running(unknown), VMID) if ":file:" in a.id]
     assert a.id.endswith(env.path) and a.after["content"] == "written if different"
 
 
 def test_secrets_never_in_argv_and_scripts_refuse_them() -> None:
     spec = hermes_spec()
-    actions = guest.guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
+    actions = guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
     for c in all_commands(actions):
         assert all(KEY.value not in a for a in c.argv)
     for a in actions:
@@ -371,7 +373,7 @@ def test_programs_pass_shellcheck(name: str, tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_printed_guest_script_and_image_script_pass_shellcheck(tmp_path: Path) -> None:
     spec = hermes_spec()
-    actions = guest.guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
+    actions = guest_actions(spec, ObservedStack("hermes", VMID, None, True), VMID)
     steps = [s for a in actions for s in a.steps if not s.has_secret]
     script = tmp_path / "guest.sh"
     script.write_text(render_script(steps, title="guest", success_marker="guest steps done"))
@@ -455,12 +457,12 @@ def test_service_and_image_facts_drive_the_up_action() -> None:
         yaml={cfg.path: guest.yaml_want(cfg)},
         services={s: ServiceFact("running", ref) for s in spec.app.services},
     )
-    assert guest.guest_actions(spec, running(facts), VMID) == ()
+    assert guest_actions(spec, running(facts), VMID) == ()
     exited = replace(facts, services={**facts.services, "hermes": ServiceFact("exited", ref)})
-    (up,) = guest.guest_actions(spec, running(exited), VMID)
+    (up,) = guest_actions(spec, running(exited), VMID)
     assert up.id == "hermes:guest:up" and up.before["hermes"] == "exited"
-    (up,) = guest.guest_actions(spec, running(replace(facts, services={})), VMID)
+    (up,) = guest_actions(spec, running(replace(facts, services={})), VMID)
     assert set(up.before.values()) == {"unknown"}
     missing = replace(facts, images={ref: ImageFact.MISSING})
-    ids = [a.id for a in guest.guest_actions(spec, running(missing), VMID)]
+    ids = [a.id for a in guest_actions(spec, running(missing), VMID)]
     assert ids == [f"hermes:guest:image:{ref}", "hermes:guest:up"]

@@ -18,6 +18,7 @@ from pvelab.pct import make_node
 from pvestack import _guest_settings as gs
 from pvestack._commands import Command, cmd
 from pvestack._config import parse_config
+from pvestack._engine._facts import guest_fact_commands
 from pvestack._errors import ConfigError, HostKeyError, SecretError
 from pvestack._steps import guest
 from pvestack._steps import guest_access as ga
@@ -314,7 +315,7 @@ def _guest_commands() -> list[Command]:
         guest.up_step(spec, app, VMID),
     ]
     out = [c for s in steps for c in (*s.commands, *((s.guard,) if s.guard else ()))]
-    return out + list(guest.guest_fact_commands(spec, VMID))
+    return out + list(guest_fact_commands(spec, VMID))
 
 
 def test_both_routes_run_the_same_in_container_command() -> None:

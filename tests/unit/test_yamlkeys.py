@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from pvestack._commands import Secret
+from pvestack._engine._facts import yaml_read
 from pvestack._guestfacts import (
     ABSENT,
     FACTS,
@@ -151,7 +152,7 @@ def write(f: AppFile, marks: Path) -> subprocess.CompletedProcess[str]:
 
 
 def fact(f: AppFile) -> YamlFact | Absent | Unreadable | None:
-    r = sh(FACTS, *read_args(FactQuery("p", yaml=(guest.yaml_read(f),))))
+    r = sh(FACTS, *read_args(FactQuery("p", yaml=(yaml_read(f),))))
     assert r.returncode == 0, r.stderr
     facts = parse_guest_facts([r.stdout])
     assert facts is not None

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from pvestack._client import PveClient
 from pvestack._commands import Command, Step
+from pvestack._engine._facts import guest_fact_commands
 from pvestack._errors import GuestKeyRefused
 from pvestack._guest_settings import GuestSettings
 from pvestack._guestfacts import GuestFacts, parse_guest_facts
 from pvestack._model import GuestAccess, HostPathFact, ObservedState, StackSpec
 from pvestack._pvevalues import split_props
-from pvestack._steps.guest import guest_fact_commands
 from pvestack._steps.guest_access import parse_hostkey_record
 from pvestack.executors import CommandOutput, GuestTransport, RootTransport
 

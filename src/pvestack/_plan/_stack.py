@@ -27,11 +27,11 @@ from pvestack._model import (
 )
 from pvestack._plan import _actions as build
 from pvestack._plan._actions import StackCtx
+from pvestack._plan._guest import guest_actions
 from pvestack._plan._update import changed_binds, resize_diff, token_diff, unknown_mounts
 from pvestack._plan._upgrade import UpgradeInputs, fold_upgrade
 from pvestack._plan._values import TOKEN_FEATURES
 from pvestack._pvevalues import format_features, idmap_lines
-from pvestack._steps import guest as guest_steps
 from pvestack._steps.guest_access import (
     guest_access_steps,
     parse_hostkey_record,
@@ -339,7 +339,7 @@ class StackPlanner:
     def _guest(self) -> None:
         c = self.ctx
         if c.spec.app is not None:
-            acts = guest_steps.guest_actions(c.spec, c.obs, c.vmid)
+            acts = guest_actions(c.spec, c.obs, c.vmid)
             u = self.upgrade
             self.actions.extend(
                 fold_upgrade(c.spec, c.obs, c.vmid, acts, u.storage_types, force_backup=u.backup)

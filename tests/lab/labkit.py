@@ -73,13 +73,17 @@ def make_lab(tmp: Path, n: int) -> Lab:
 
 @contextlib.contextmanager
 def running_lab(prefix: str, n: int) -> Iterator[Lab]:
-    """Lab number ``n`` (see ``make_lab``) up in a new host dir for the block, then down."""
+    """Lab number ``n`` (see ``make_lab``) up in a new host dir for the block, then down
+    (its daemons and CTs stopped by pid) and the dir removed."""
     lab = make_lab(host_tmpdir(prefix), n)
     try:
         lab.up(install=False)
         yield lab
-    finally:
-        lab.down(purge=True)
+    finally:  # down first: it finds what it started (pids, CTs) in the lab dir
+        try:
+            lab.down(purge=True)
+        finally:
+            shutil.rmtree(lab.dir, ignore_errors=True)
 
 
 def closed_port() -> int:

@@ -24,7 +24,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,11 +55,8 @@ TARBALLS = ("hermes-agent-0.19.0-boot2.tar", "litellm-1.82.6.tar")
 
 def _lab(prefix: str, n: int) -> Iterator[Lab]:
     ensure_lab_images(TARBALLS)
-    with running_lab(prefix, n) as lab:
-        try:
-            yield lab
-        finally:
-            shutil.rmtree(lab.dir, ignore_errors=True)
+    with running_lab(prefix, n) as lab:  # down, then the dir removed
+        yield lab
 
 
 @pytest.fixture  # one test each: torn down before the next lab starts

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pty
+import secrets
 import select
 import shutil
 import signal
@@ -84,6 +86,23 @@ def running_lab(prefix: str, n: int) -> Iterator[Lab]:
             lab.down(purge=True)
         finally:
             shutil.rmtree(lab.dir, ignore_errors=True)
+
+
+def stack_env(lab: Lab) -> dict[str, str]:
+    """The environment examples/lab.toml's stacks need on ``lab``: its connection, fresh
+    secrets, and the gateway's fixed address (the 5th from the top of the lab subnet)."""
+    net = ipaddress.ip_network(lab.settings.subnet)
+    hosts = list(net.hosts())
+    gw_ip = str(hosts[-5])
+    return {
+        **os.environ,
+        **lab.env(),
+        "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
+        "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
+        "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
+        "PVESTACK_LAB_GATEWAY_IP": gw_ip,
+        "PVESTACK_LAB_ROUTER": str(hosts[0]),
+    }
 
 
 def closed_port() -> int:

@@ -9,10 +9,8 @@ directory, bridge, subnet and ports, so other labs on the machine are left alone
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh
+from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh, stack_env
 
 from pvelab.control import Lab
 
@@ -84,18 +82,7 @@ class SeedLab:
         request.session.config.add_cleanup(down)
         lab.up(install=False)
         link_images(lab, TARBALLS)
-        net = ipaddress.ip_network(lab.settings.subnet)
-        hosts = list(net.hosts())
-        gw_ip = str(hosts[-5])
-        env = {
-            **os.environ,
-            **lab.env(),
-            "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
-            "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
-            "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
-            "PVESTACK_LAB_GATEWAY_IP": gw_ip,
-            "PVESTACK_LAB_ROUTER": str(hosts[0]),
-        }
+        env = stack_env(lab)
         stack_file = lab.dir / "lab.toml"
         stack_file.write_text((ROOT / "examples" / "lab.toml").read_text())
         cls._instance = SeedLab(lab, env, stack_file)

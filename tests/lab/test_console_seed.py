@@ -35,6 +35,7 @@ from labkit import (
     ROOT_MARKER,
     Api,
     closed_port,
+    download_template,
     ensure_lab_images,
     extract_script,
     link_images,
@@ -45,7 +46,6 @@ from labkit import (
 from labkit import pvestack as _pvestack
 
 from pvelab.control import Lab
-from pvelab.runtime import template
 
 pytestmark = pytest.mark.lab
 
@@ -78,13 +78,7 @@ def precreate(lab: Lab, env: dict[str, str], node_env: dict[str, str]) -> None:
     (token-safe skeleton: no features, no mounts, no ``ssh-public-keys``, no pvestack
     mark, its own description and tags; started)."""
     api = Api(env, lab.dir / "etc/pve/local/pve-ssl.pem")
-    name = template.TEMPLATE_NAME
-    upid = api.ok(
-        "POST", "/nodes/{node}/storage/local/download-url", url=env["PVESTACK_LAB_TEMPLATE_URL"],
-        content="vztmpl", filename=name, checksum=env["PVESTACK_LAB_TEMPLATE_SHA512"],
-        **{"checksum-algorithm": "sha512"},
-    )  # fmt: skip
-    assert api.wait(upid)["exitstatus"] == "OK"
+    name = download_template(api, env)
     bridge = env["PVESTACK_LAB_BRIDGE"]
     nets = {
         217: (

@@ -9,10 +9,7 @@ secret appears in anything pvestack printed.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh
+from labkit import PVESTACK, ensure_lab_images, host_tmpdir, link_images, make_lab, ssh, stack_env
 
 from pvelab.control import Lab
 
@@ -61,18 +58,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def env(lab: Lab) -> dict[str, str]:
-    net = ipaddress.ip_network(lab.settings.subnet)
-    hosts = list(net.hosts())
-    gw_ip = str(hosts[-5])
-    return {
-        **os.environ,
-        **lab.env(),
-        "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
-        "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
-        "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
-        "PVESTACK_LAB_GATEWAY_IP": gw_ip,
-        "PVESTACK_LAB_ROUTER": str(hosts[0]),
-    }
+    return stack_env(lab)
 
 
 def pvestack(

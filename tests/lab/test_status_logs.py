@@ -19,12 +19,10 @@ then, through the CLI as a user runs it:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import pty
 import re
-import secrets
 import select
 import shutil
 import signal
@@ -34,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import ensure_lab_images, host_tmpdir, make_lab, ssh, stack_env
 
 from pvelab.control import Lab
 
@@ -67,19 +65,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def env(lab: Lab) -> dict[str, str]:
-    net = ipaddress.ip_network(lab.settings.subnet)
-    hosts = list(net.hosts())
-    gw_ip = str(hosts[-5])
-    return {
-        **os.environ,
-        **lab.env(),
-        "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
-        "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
-        "PVESTACK_LAB_GATEWAY_CIDR": f"{gw_ip}/{net.prefixlen}",
-        "PVESTACK_LAB_GATEWAY_IP": gw_ip,
-        "PVESTACK_LAB_ROUTER": str(hosts[0]),
-        "TERM": "xterm",
-    }
+    return {**stack_env(lab), "TERM": "xterm"}
 
 
 def gateway_file(path: Path, vmid: int = GW) -> Path:

@@ -15,18 +15,16 @@ Hermes WITHOUT bind mounts (PVE cannot snapshot a CT with one), on hermes-agent
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from labkit import Api, ensure_lab_images, host_tmpdir, make_lab, ssh
+from labkit import Api, ensure_lab_images, host_tmpdir, make_lab, ssh, stack_env
 
 from pvelab.control import Lab
 
@@ -94,17 +92,7 @@ def upgrade_lab() -> tuple[Lab, dict[str, str]]:  # type: ignore[misc]
         (lab.dir / "images").mkdir(exist_ok=True)
         for t in TARBALLS:
             (lab.dir / "images" / t).symlink_to(images / t)
-        net = ipaddress.ip_network(lab.settings.subnet)
-        hosts = list(net.hosts())
-        env = {
-            **os.environ,
-            **lab.env(),
-            "LITELLM_MASTER_KEY": "sk-lab-" + secrets.token_hex(16),
-            "HERMES_API_KEY": "hermes-lab-" + secrets.token_hex(16),
-            "PVESTACK_LAB_GATEWAY_CIDR": f"{hosts[-5]}/{net.prefixlen}",
-            "PVESTACK_LAB_GATEWAY_IP": str(hosts[-5]),
-            "PVESTACK_LAB_ROUTER": str(hosts[0]),
-        }
+        env = stack_env(lab)
         yield lab, env
     finally:
         try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A "broken release" of the lab's Hermes image, to prove an upgrade's automatic rollback:
 # `pvestack-lab/hermes-agent:broken`, built FROM a lab Hermes image that
-# scripts/build-lab-images.sh made (default pvestack-lab/hermes-agent:0.19.0). It loads
+# scripts/build-lab-images.sh made (default pvestack-lab/hermes-agent:0.19.0-boot2). It loads
 # and starts like the others (same user, data dir, labels), but its entrypoint says why
 # and exits 1 after a moment, so under `restart: unless-stopped` the container keeps
 # restarting and never stays `running`: verify fails, as with a bad upstream release.
@@ -17,7 +17,7 @@ set -euo pipefail
 
 LAB_DIR=${PVESTACK_LAB_DIR:-/var/lib/pvestack-lab}
 OUT=$LAB_DIR/images
-SOURCE=${1:-pvestack-lab/hermes-agent:${HERMES_VERSION:-0.19.0}}
+SOURCE=${1:-pvestack-lab/hermes-agent:${HERMES_VERSION:-0.19.0}-${HERMES_REV:-boot2}}
 BROKEN=pvestack-lab/hermes-agent:broken
 TARBALL=$OUT/hermes-agent-broken.tar
 log() { printf '==> %s\n' "$*"; }

@@ -305,14 +305,20 @@ def ssh(
 
 LAB_IMAGES = Path(os.environ.get("PVESTACK_LAB_IMAGES", "/var/lib/pvestack-lab/images"))
 _ROOT = Path(__file__).resolve().parents[2]
+#: the broken Hermes release (scripts/build-broken-hermes.sh), for the rollback test
+BROKEN_TARBALL = "hermes-agent-broken.tar"
 
 
 def ensure_lab_images(tarballs: tuple[str, ...]) -> Path:
     """The lab's image tarballs, built once on this machine when missing (Hermes and
     LiteLLM from PyPI: scripts/build-lab-images.sh, which takes its own lock)."""
-    if any(not (LAB_IMAGES / t).is_file() for t in tarballs):
+    missing = [t for t in tarballs if not (LAB_IMAGES / t).is_file()]
+    scripts = ["build-lab-images.sh"] if set(missing) - {BROKEN_TARBALL} else []
+    if BROKEN_TARBALL in missing:  # built FROM the 0.19.0 image the first script makes
+        scripts = ["build-lab-images.sh", "build-broken-hermes.sh"]
+    for script in scripts:
         r = subprocess.run(
-            [str(_ROOT / "scripts" / "build-lab-images.sh")],
+            [str(_ROOT / "scripts" / script)],
             env={**os.environ, "PVESTACK_LAB_DIR": str(LAB_IMAGES.parent)},
             capture_output=True, text=True, timeout=3600, check=False,
         )  # fmt: skip
